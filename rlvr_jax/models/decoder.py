@@ -1,0 +1,322 @@
+"""Flax NNX decoder for the Llama / Qwen2 / Qwen3 family, in one file.
+
+Classes in dependency order: RMSNorm, Embedding, Linear, Attention, MLP, Block, Decoder.
+The L blocks are stacked along a leading axis and run by one `jax.lax.scan`,
+which keeps compile time independent of depth. The same forward serves
+training (no cache: causal self-attention over [B, T]) and sampling (a KV
+cache of S slots written at `cache_index`).
+
+Parameter names and shapes are listed in docs/CONVENTIONS.md; every
+parameter carries logical axis names (`logical_axes` metadata, without the
+stacked layer axis) that `rlvr_jax.sharding` maps to mesh axes.
+
+Numerics follow transformers' PyTorch implementations (LlamaForCausalLM,
+Qwen2ForCausalLM, Qwen3ForCausalLM): RMSNorm in f32 then cast back before the
+weight, RoPE in the "rotate half" layout, softmax in f32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from rlvr_jax import sharding
+from rlvr_jax.models.config import ModelConfig
+
+Array = jax.Array
+KVCache = dict[str, Array]  # {'k': [L, B, S, K, Dh], 'v': [L, B, S, K, Dh]}
+
+# Large finite negative logit for masked attention: a row with every key
+# masked (a left-pad query) then gets a uniform, finite distribution.
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+_INIT = nnx.initializers.normal(stddev=0.02)
+
+
+class RMSNorm(nnx.Module):
+  """y = x / sqrt(mean(x^2) + eps) * scale, normalized in float32."""
+
+  def __init__(self, dim: int, *, eps: float, param_dtype: Any, axis: str):
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=(axis,))
+    self.eps = eps
+
+  def __call__(self, x: Array) -> Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return y.astype(x.dtype) * self.scale[...].astype(x.dtype)
+
+
+class Embedding(nnx.Module):
+  """Token embedding table [V, D]."""
+
+  def __init__(self, vocab_size: int, dim: int, *, rngs: nnx.Rngs, param_dtype: Any):
+    self.embedding = nnx.Param(_INIT(rngs.params(), (vocab_size, dim), param_dtype),
+                               logical_axes=("vocab", "embed"))
+
+  def __call__(self, tokens: Array) -> Array:
+    return jnp.take(self.embedding[...], tokens, axis=0)
+
+
+class Linear(nnx.Module):
+  """An einsum projection with an optional bias over the output dims."""
+
+  def __init__(self, equation: str, kernel_shape: tuple[int, ...],
+               kernel_axes: tuple[str | None, ...], *, rngs: nnx.Rngs,
+               param_dtype: Any, bias_dims: int = 0):
+    self.equation = equation
+    self.kernel = nnx.Param(
+        _INIT(rngs.params(), kernel_shape, param_dtype), logical_axes=kernel_axes)
+    self.bias = nnx.Param(
+        jnp.zeros(kernel_shape[-bias_dims:], param_dtype),
+        logical_axes=kernel_axes[-bias_dims:]) if bias_dims else None
+
+  def __call__(self, x: Array) -> Array:
+    y = jnp.einsum(self.equation, x, self.kernel[...].astype(x.dtype))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(x.dtype)
+    return y
+
+
+def rope_inverse_frequencies(config: ModelConfig) -> Array:
+  """Inverse frequencies [Dh/2] of RoPE, with HF's scaling variants.
+
+  'linear' is applied to positions in `apply_rope`; 'llama3' rescales the
+  frequencies by wavelength as in transformers' `_compute_llama3_parameters`.
+  """
+  dh = config.head_dim
+  inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))
+  scaling = config.rope_scaling
+  if scaling is None or scaling.rope_type != "llama3":
+    return inv_freq
+  old_len = scaling.original_max_position_embeddings
+  low_wavelen = old_len / scaling.low_freq_factor
+  high_wavelen = old_len / scaling.high_freq_factor
+  wavelen = 2 * math.pi / inv_freq
+  scaled = jnp.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+  smooth = (old_len / wavelen - scaling.low_freq_factor) / (
+      scaling.high_freq_factor - scaling.low_freq_factor)
+  smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+  is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return jnp.where(is_medium, smoothed, scaled)
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array,
+               position_scale: float = 1.0) -> Array:
+  """Rotates features of x [B, T, H, Dh] by positions [B, T] (rotate-half form).
+
+  out[..., :Dh/2] = x1 cos - x2 sin,  out[..., Dh/2:] = x2 cos + x1 sin.
+  """
+  angles = (positions.astype(jnp.float32) / position_scale)[..., None] * inv_freq
+  cos = jnp.cos(angles)[:, :, None, :].astype(x.dtype)
+  sin = jnp.sin(angles)[:, :, None, :].astype(x.dtype)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+class Attention(nnx.Module):
+  """Grouped-query attention with optional q/k norm, qkv bias and KV cache."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    c = config
+    pd = jnp.dtype(c.param_dtype)
+    bias = 2 if c.qkv_bias else 0
+    self.q = Linear("btd,dnh->btnh", (c.hidden_size, c.num_heads, c.head_dim),
+                    ("embed", "heads", "head_dim"), rngs=rngs, param_dtype=pd,
+                    bias_dims=bias)
+    self.k = Linear("btd,dnh->btnh", (c.hidden_size, c.num_kv_heads, c.head_dim),
+                    ("embed", "kv_heads", "head_dim"), rngs=rngs, param_dtype=pd,
+                    bias_dims=bias)
+    self.v = Linear("btd,dnh->btnh", (c.hidden_size, c.num_kv_heads, c.head_dim),
+                    ("embed", "kv_heads", "head_dim"), rngs=rngs, param_dtype=pd,
+                    bias_dims=bias)
+    self.o = Linear("btnh,nhd->btd", (c.num_heads, c.head_dim, c.hidden_size),
+                    ("heads", "head_dim", "embed"), rngs=rngs, param_dtype=pd)
+    norm = lambda: RMSNorm(c.head_dim, eps=c.rms_norm_eps, param_dtype=pd, axis="head_dim")
+    self.q_norm = norm() if c.qk_norm else None
+    self.k_norm = norm() if c.qk_norm else None
+    self.num_kv_heads = c.num_kv_heads
+    self.inv_freq = nnx.Cache(rope_inverse_frequencies(c))  # not a parameter
+    scaling = c.rope_scaling
+    self.position_scale = scaling.factor if scaling and scaling.rope_type == "linear" else 1.0
+
+  def __call__(self, x: Array, positions: Array, mask: Array,
+               kv: tuple[Array, Array] | None,
+               cache_index: Array | int) -> tuple[Array, tuple[Array, Array] | None]:
+    """Attention for x [B, T, D].
+
+    Args:
+      x: normalized input [B, T, D].
+      positions: RoPE positions [B, T].
+      mask: [B, T, S] bool, True where query t may attend to key slot s.
+      kv: None (keys are this call's T tokens) or this layer's cache
+        ([B, S, K, Dh], [B, S, K, Dh]) before this call; attention sees it
+        with the new keys placed at slots cache_index .. cache_index + T - 1.
+      cache_index: first cache slot written by this call.
+
+    Returns:
+      Output [B, T, D] and this call's new keys and values
+      ([B, T, K, Dh], [B, T, K, Dh]) for the caller to write into its cache.
+    """
+    b, t, _ = x.shape
+    q, k, v = self.q(x), self.k(x), self.v(x)
+    if self.q_norm is not None:
+      q, k = self.q_norm(q), self.k_norm(k)
+    inv_freq = self.inv_freq[...]
+    q = apply_rope(q, positions, inv_freq, self.position_scale)
+    k = apply_rope(k, positions, inv_freq, self.position_scale)
+    new_kv = (k, v)
+    if kv is not None:
+      k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), cache_index, axis=1)
+      v = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), cache_index, axis=1)
+    n, dh = q.shape[2], q.shape[3]
+    q = q.reshape(b, t, self.num_kv_heads, n // self.num_kv_heads, dh)
+    scores = jnp.einsum("btkgh,bskh->bkgts", q, k.astype(q.dtype)) * (dh ** -0.5)
+    scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32), _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, v.astype(x.dtype)).reshape(b, t, n, dh)
+    return self.o(out), new_kv
+
+
+class MLP(nnx.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    c = config
+    pd = jnp.dtype(c.param_dtype)
+    self.gate = Linear("btd,df->btf", (c.hidden_size, c.intermediate_size),
+                       ("embed", "mlp"), rngs=rngs, param_dtype=pd)
+    self.up = Linear("btd,df->btf", (c.hidden_size, c.intermediate_size),
+                     ("embed", "mlp"), rngs=rngs, param_dtype=pd)
+    self.down = Linear("btf,fd->btd", (c.intermediate_size, c.hidden_size),
+                       ("mlp", "embed"), rngs=rngs, param_dtype=pd)
+
+  def __call__(self, x: Array) -> Array:
+    return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nnx.Module):
+  """Pre-norm decoder block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    pd = jnp.dtype(config.param_dtype)
+    eps = config.rms_norm_eps
+    self.attn_norm = RMSNorm(config.hidden_size, eps=eps, param_dtype=pd, axis="embed")
+    self.attn = Attention(config, rngs=rngs)
+    self.mlp_norm = RMSNorm(config.hidden_size, eps=eps, param_dtype=pd, axis="embed")
+    self.mlp = MLP(config, rngs=rngs)
+
+  def __call__(self, x, positions, mask, kv, cache_index):
+    h, kv = self.attn(self.attn_norm(x), positions, mask, kv, cache_index)
+    x = x + h
+    x = x + self.mlp(self.mlp_norm(x))
+    return sharding.constrain(x, ("batch", None, None)), kv
+
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Decoder(nnx.Module):
+  """Decoder-only transformer; `__call__` returns final hidden states."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    c = config
+    self.config = c
+    pd = jnp.dtype(c.param_dtype)
+    self.embed = Embedding(c.vocab_size, c.hidden_size, rngs=rngs, param_dtype=pd)
+
+    @nnx.split_rngs(splits=c.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make_blocks(rngs: nnx.Rngs) -> Block:
+      return Block(c, rngs=rngs)
+
+    self.layers = make_blocks(rngs)
+    self.final_norm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps, param_dtype=pd, axis="embed")
+    self.lm_head = None if c.tie_word_embeddings else Linear(
+        "btd,dv->btv", (c.hidden_size, c.vocab_size), ("embed", "vocab"),
+        rngs=rngs, param_dtype=pd)
+
+  def __call__(self, tokens: Array, positions: Array, kv_mask: Array,
+               cache: KVCache | None = None, cache_index: Array | int = 0,
+               scan_unroll: int = 1) -> tuple[Array, KVCache | None]:
+    """Runs the decoder.
+
+    Args:
+      tokens: [B, T] int32 token ids.
+      positions: [B, T] int32 RoPE positions.
+      kv_mask: [B, S] bool, True for real (non-pad) keys; S = T without a
+        cache, S = cache length with one (it must already mark the T new
+        tokens' slots as valid).
+      cache: optional KV cache {'k', 'v'} of [L, B, S, K, Dh].
+      cache_index: cache slot of tokens[:, 0]; keys at later slots than a
+        query's own slot are masked (causality).
+      scan_unroll: unroll factor of the scan over layers.
+
+    Returns:
+      Final-norm hidden states [B, T, D] (compute dtype) and the new cache.
+    """
+    c = self.config
+    dtype = jnp.dtype(c.dtype)
+    t = tokens.shape[1]
+    s = kv_mask.shape[1]
+    query_slots = cache_index + jnp.arange(t)
+    causal = jnp.arange(s)[None, :] <= query_slots[:, None]  # [T, S]
+    mask = causal[None] & kv_mask[:, None, :]  # [B, T, S]
+    x = self.embed(tokens).astype(dtype)
+    x = sharding.constrain(x, ("batch", None, None))
+
+    graphdef, layer_state = nnx.split(self.layers)
+
+    def body(carry, xs):
+      x, cache = carry
+      state, layer = xs
+      block = nnx.merge(graphdef, state)
+      kv = None
+      if cache is not None:
+        kv = (cache["k"][layer], cache["v"][layer])
+      x, kv = block(x, positions, mask, kv, cache_index)
+      if cache is not None:
+        start = (layer, 0, cache_index, 0, 0)
+        cache = {
+            name: jax.lax.dynamic_update_slice(
+                cache[name], new[None].astype(cache[name].dtype), start)
+            for name, new in zip(("k", "v"), kv)
+        }
+      return (x, cache), None
+
+    if c.remat != "none":
+      body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat], prevent_cse=False)
+    (x, cache), _ = jax.lax.scan(
+        body, (x, cache), (layer_state, jnp.arange(c.num_layers)), unroll=scan_unroll)
+    return self.final_norm(x), cache
+
+  def logits(self, hidden: Array) -> Array:
+    """LM-head logits [..., V] in float32 from hidden states [..., D]."""
+    if self.lm_head is None:
+      w = self.embed.embedding[...]
+      out = jnp.einsum("...d,vd->...v", hidden, w.astype(hidden.dtype))
+    else:
+      out = jnp.einsum("...d,dv->...v", hidden, self.lm_head.kernel[...].astype(hidden.dtype))
+    return out.astype(jnp.float32)
+
+  def init_cache(self, batch_size: int, length: int, dtype: Any = None) -> KVCache:
+    """An empty KV cache {'k', 'v'} of [L, B, S, K, Dh] zeros."""
+    c = self.config
+    shape = (c.num_layers, batch_size, length, c.num_kv_heads, c.head_dim)
+    dtype = jnp.dtype(dtype or c.dtype)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def positions_from_mask(input_mask: Array) -> Array:
+  """RoPE positions [B, S] = cumsum(mask) - 1, clipped at 0 (left padding)."""
+  return jnp.maximum(jnp.cumsum(input_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def create_model(config: ModelConfig, seed: int = 0) -> Decoder:
+  """A randomly initialized decoder (weights are replaced by an importer)."""
+  return Decoder(config, rngs=nnx.Rngs(seed))

@@ -1,0 +1,116 @@
+"""Per-token log-probs (and entropies, hidden states) of response tokens.
+
+The LM head is applied in chunks of the response length under
+`jax.checkpoint`, so neither the forward nor the backward pass holds the full
+[B, T, V] float32 logits: peak extra memory is [B, chunk, V].
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rlvr_jax.models.decoder import Decoder, positions_from_mask
+
+Array = jax.Array
+
+
+class TokenStats(NamedTuple):
+  """Outputs of `response_logprobs`.
+
+  Attributes:
+    logp: [B, T] float32 log pi(y_t | y_<t) at the given temperature.
+    entropy: [B, T] float32 entropy of the same distribution (no gradient),
+      or None when not requested.
+    hidden: [B, T, D] final hidden states fed to the LM head (the input of
+      DelTA's token-gradient proxy), or None when not requested.
+  """
+
+  logp: Array
+  entropy: Array | None
+  hidden: Array | None
+
+
+def logprobs_from_hidden(model: Decoder, hidden: Array, targets: Array, *,
+                         temperature: float = 1.0, chunk_size: int | None = None,
+                         with_entropy: bool = False) -> tuple[Array, Array | None]:
+  """log softmax(head(h) / temperature)[target] per token, chunked over T.
+
+  Args:
+    model: the decoder (only its LM head is used).
+    hidden: [B, T, D] final hidden states.
+    targets: [B, T] int32 token ids to score.
+    temperature: divides the logits (the sampling temperature).
+    chunk_size: tokens of T per LM-head chunk; None = all of T at once.
+    with_entropy: also return the entropy per token (stop-gradient).
+
+  Returns:
+    logp [B, T] float32 and entropy [B, T] float32 (or None).
+  """
+  b, t, d = hidden.shape
+  chunk = t if chunk_size is None else min(chunk_size, t)
+  n_chunks = -(-t // chunk)
+  pad = n_chunks * chunk - t
+  h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+  y = jnp.pad(targets, ((0, 0), (0, pad)))
+  h = h.reshape(b, n_chunks, chunk, d).swapaxes(0, 1)
+  y = y.reshape(b, n_chunks, chunk).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def one_chunk(args):
+    h_c, y_c = args
+    logits = model.logits(h_c) / temperature
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    logp = jnp.take_along_axis(logits, y_c[..., None], axis=-1)[..., 0] - logz
+    if not with_entropy:
+      return logp, jnp.zeros_like(logp)
+    logits = jax.lax.stop_gradient(logits)
+    probs = jax.nn.softmax(logits, axis=-1)
+    entropy = jax.lax.stop_gradient(logz) - jnp.sum(probs * logits, axis=-1)
+    return logp, entropy
+
+  if n_chunks == 1:
+    logp, entropy = one_chunk((h[0], y[0]))
+    logp, entropy = logp[None], entropy[None]
+  else:
+    logp, entropy = jax.lax.map(one_chunk, (h, y))
+  logp = logp.swapaxes(0, 1).reshape(b, n_chunks * chunk)[:, :t]
+  entropy = entropy.swapaxes(0, 1).reshape(b, n_chunks * chunk)[:, :t]
+  return logp, (entropy if with_entropy else None)
+
+
+def response_logprobs(model: Decoder, tokens: Array, input_mask: Array, *,
+                      prompt_len: int, temperature: float = 1.0,
+                      chunk_size: int | None = None, with_entropy: bool = False,
+                      with_hidden: bool = False) -> TokenStats:
+  """Teacher-forced statistics of the response part of [prompt; response] rows.
+
+  Sequence index P - 1 + t predicts response token t (docs/CONVENTIONS.md).
+
+  Args:
+    model: the decoder.
+    tokens: [B, S] int32, prompt left-padded to P then response (S = P + T).
+    input_mask: [B, S] bool, real tokens.
+    prompt_len: P (static).
+    temperature: the sampling temperature the log-probs are taken at.
+    chunk_size: LM-head chunk over T (see `logprobs_from_hidden`).
+    with_entropy: also return per-token entropies.
+    with_hidden: also return the final hidden states [B, T, D].
+
+  Returns:
+    TokenStats with logp [B, T] (and entropy [B, T], hidden [B, T, D]).
+  """
+  if tokens.shape != input_mask.shape:
+    raise ValueError(
+        f"tokens {tokens.shape} and input_mask {input_mask.shape} differ in shape.")
+  if not 0 < prompt_len < tokens.shape[1]:
+    raise ValueError(f"prompt_len={prompt_len} outside (0, S={tokens.shape[1]}).")
+  positions = positions_from_mask(input_mask)
+  hidden, _ = model(tokens[:, :-1], positions[:, :-1], input_mask[:, :-1])
+  hidden = hidden[:, prompt_len - 1:]
+  logp, entropy = logprobs_from_hidden(
+      model, hidden, tokens[:, prompt_len:], temperature=temperature,
+      chunk_size=chunk_size, with_entropy=with_entropy)
+  return TokenStats(logp, entropy, hidden if with_hidden else None)
