@@ -107,6 +107,7 @@ def render_prompt(
     system_prompt: str = "",
     tokenizer: ChatTokenizer | None = None,
     few_shot_examples: Sequence[Record] = (),
+    message: str | None = None,
 ) -> str:
   """Renders the prompt text of one record (module docstring).
 
@@ -118,6 +119,9 @@ def render_prompt(
     tokenizer: the model's tokenizer; required by 'chat'.
     few_shot_examples: worked examples; required (non-empty) by 'few_shot',
       optional for 'chat', not allowed for 'plain'.
+    message: the user message to ask instead of the record's own
+      (`user_message(record, instruction=...)`), e.g. SCRL's curriculum
+      message; the template is applied to it all the same.
 
   Returns:
     The prompt text, to be tokenized without adding special tokens.
@@ -127,7 +131,8 @@ def render_prompt(
   """
   if template not in TEMPLATES:
     raise ValueError(f"template={template!r}: must be one of {TEMPLATES}")
-  message = user_message(record, instruction=instruction)
+  if message is None:
+    message = user_message(record, instruction=instruction)
   if template == "chat":
     if tokenizer is None:
       raise ValueError("template='chat' needs the model's tokenizer")

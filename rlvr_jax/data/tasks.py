@@ -9,7 +9,8 @@ credit only) or 'math' (math-verify). `metadata` is JSON-serializable; for a
 reasoning-gym item it is the item's own metadata, which its scorer reads
 (tuples become lists; values JSON cannot hold, such as a Fraction, become
 their str), plus `solution` = the task's worked solution where the task gives
-one (gsm_symbolic's `answer_cot`).
+one (gsm_symbolic's `answer_cot`; `<expression> = <answer>.` for the
+arithmetic tasks, so few-shot examples show the computation before the box).
 
 Any registered reasoning-gym dataset works (basic_arithmetic, chain_sum,
 gsm_symbolic, countdown, ...); its config fields are passed through as
@@ -230,6 +231,8 @@ class TaskSource:
       return None
     if "answer_cot" in metadata:
       metadata["solution"] = metadata["answer_cot"]
+    elif "expression" in metadata:  # basic_arithmetic, chain_sum
+      metadata["solution"] = f"{metadata['expression']} = {answer}."
     return {
         "id": record_id,
         "problem": item["question"],

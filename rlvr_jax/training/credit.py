@@ -1,0 +1,86 @@
+"""Credit assignment plug-ins of the trainer: which prompts to sample, and how
+rewards become token advantages [B, T].
+
+`OutcomeCredit` is the GRPO family (METHODS.md 1.1): each prompt is sampled G
+times and one scalar advantage per response is broadcast over its tokens.
+SCRL (METHODS.md 3) implements the same two methods with curriculum prompts
+and per-answer-span advantages (`rlvr_jax.training.scrl_credit`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from rlvr_jax.algorithms import advantages as advantages_lib
+
+Record = dict[str, Any]
+
+
+class Credit(Protocol):
+  """What the trainer asks of a credit-assignment method."""
+
+  def prompts(self, records: Sequence[Record]) -> tuple[list[str], list[Record]]:
+    """B = len(records) * G prompt texts, rows of a group contiguous, and the
+    example each row is scored against."""
+
+  def advantages(self, examples: Sequence[Record], texts: Sequence[str],
+                 response_tokens: np.ndarray, response_mask: np.ndarray,
+                 truncated: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Advantages of a rollout batch.
+
+    Args:
+      examples: B records, row i scored against examples[i].
+      texts: B decoded responses.
+      response_tokens: [B, T] int32 response token ids.
+      response_mask: [B, T] float32 response mask m.
+      truncated: [B] bool, rows cut by the length limit (no EOS).
+
+    Returns:
+      (advantages [B, T], loss mask [B, T], metrics).
+    """
+
+
+class OutcomeCredit:
+  """GRPO / Dr. GRPO / RLOO: one outcome reward per response."""
+
+  def __init__(self, *, estimator: str, group_size: int,
+               render: Callable[[Record], str], reward_fn: Any,
+               mask_truncated: bool):
+    self.estimator = advantages_lib.get_estimator(estimator)
+    self.group_size = group_size
+    self.render = render
+    self.reward_fn = reward_fn
+    self.mask_truncated = mask_truncated
+
+  def prompts(self, records):
+    texts, examples = [], []
+    for record in records:
+      text = self.render(record)
+      texts += [text] * self.group_size
+      examples += [record] * self.group_size
+    return texts, examples
+
+  def advantages(self, examples, texts, response_tokens, response_mask, truncated):
+    del response_tokens
+    lengths = response_mask.sum(axis=1)
+    scored = self.reward_fn(examples, texts, lengths)
+    adv = self.estimator(jnp.asarray(scored.rewards), group_size=self.group_size)
+    adv = np.asarray(advantages_lib.broadcast_to_tokens(adv, jnp.asarray(response_mask)))
+    loss_mask = response_mask
+    if self.mask_truncated:
+      loss_mask = response_mask * (~truncated)[:, None]
+    grouped = scored.correct.reshape(-1, self.group_size)
+    mixed = (grouped.min(axis=1) != grouped.max(axis=1)).mean()
+    metrics = {
+        "reward/mean": float(scored.rewards.mean()),
+        "reward/accuracy": float(scored.correct.mean()),
+        "reward/format_rate": float(scored.format.mean()),
+        "reward/overlong_mean": float(scored.overlong.mean()),
+        "reward/groups_mixed": float(mixed),
+        "response/length_mean": float(lengths.mean()),
+        "response/truncated_frac": float(truncated.mean()),
+    }
+    return adv.astype(np.float32), loss_mask.astype(np.float32), metrics

@@ -1,0 +1,365 @@
+"""The RLVR trainer: `train_and_evaluate(config, workdir)`.
+
+One iteration, as in the papers' pseudocode:
+
+  records   = next(prompt iterator)
+  rollout   : sample G responses per prompt with the KV-cache sampler
+  reward    : verify each response (process-pool checker, never raises)
+  advantage : group-relative estimator (or SCRL span advantages) -> [B, T]
+  old stats : one forward pass -> old log-probs, hidden states, ref log-probs
+  (DelTA)   : token coefficients from the hidden states, A <- A * c~
+  update    : mini-batches x micro-batches of the clipped policy loss
+  metrics   : JSONL + TensorBoard + progress bar
+  checkpoint: orbax, dense window for RELEX, resume-exact
+
+All numerics live in pure jitted functions (`step.py`, `rlvr_jax.algorithms`);
+this module only moves data between them and keeps the run's state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from rlvr_jax import sharding
+from rlvr_jax.algorithms import delta as delta_lib
+from rlvr_jax.data import iterator as data_iterator
+from rlvr_jax.data import prompts as prompts_lib
+from rlvr_jax.evaluation import heldout
+from rlvr_jax.models import loader
+from rlvr_jax.rewards import math_checker
+from rlvr_jax.rewards import scorers
+from rlvr_jax.sampling import sampler as sampler_lib
+from rlvr_jax.training import checkpoints
+from rlvr_jax.training import config_checks
+from rlvr_jax.training import credit as credit_lib
+from rlvr_jax.training import metrics as metrics_lib
+from rlvr_jax.training import optimizer as optimizer_lib
+from rlvr_jax.training import step as step_lib
+
+
+def _global(mesh: jax.sharding.Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+  """This process's rows -> global arrays sharded over (data, fsdp)."""
+  return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, v.ndim), v)
+          for k, v in local.items()}
+
+
+def _local(x: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded global array."""
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(x))
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+  seen, parts = set(), []
+  for s in shards:
+    start = s.index[0].start or 0
+    if start not in seen:
+      seen.add(start)
+      parts.append(np.asarray(s.data))
+  return np.concatenate(parts)
+
+
+class Trainer:
+  """The state of one run; `run()` trains, evaluates and returns the summary."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    config_checks.validate(config)
+    self.config = c = config
+    self.workdir = workdir
+    os.makedirs(workdir, exist_ok=True)
+    sharding.initialize_distributed()
+    self.mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
+    sharding.log_mesh(self.mesh)
+    self.is_main = jax.process_index() == 0
+
+    self.model, self.tokenizer, self.model_config = loader.load_model(
+        c.model.source, dtype=c.model.dtype, param_dtype=c.model.param_dtype,
+        remat=c.model.remat, mesh=self.mesh)
+    if self.is_main:
+      with open(os.path.join(workdir, "model_config.json"), "w") as f:
+        json.dump(self.model_config.to_dict(), f, indent=1)
+
+    # Data.
+    self.sources = data_iterator.make_sources(c.data)
+    n_proc = jax.process_count()
+    if c.rl.prompts_per_batch % n_proc:
+      raise ValueError(f"rl.prompts_per_batch={c.rl.prompts_per_batch} does not split "
+                       f"over {n_proc} processes.")
+    self.iterator = data_iterator.PromptIterator(
+        self.sources.train, batch_size=c.rl.prompts_per_batch // n_proc, seed=c.data.seed,
+        shard_index=jax.process_index(), shard_count=n_proc)
+    shots = []
+    if c.data.few_shot:
+      shots = prompts_lib.draw_examples(self.sources.train, k=c.data.few_shot, seed=c.data.seed)
+    self.render = lambda record: prompts_lib.render_prompt(
+        record, template=c.data.template, instruction=c.data.instruction,
+        system_prompt=c.data.system_prompt, tokenizer=self.tokenizer,
+        few_shot_examples=shots)
+
+    # Rewards and credit assignment.
+    self.pool = None
+    if c.reward.checker != "exact":
+      warmup = (scorers.REASONING_GYM_WARMUP,) if c.reward.checker == "reasoning_gym" else ()
+      self.pool = math_checker.MathChecker(
+          num_workers=c.reward.workers, timeout_s=c.reward.timeout_s, warmup=warmup)
+      self.pool.start()
+    make_reward = lambda fmt: scorers.RewardFunction(
+        checker=c.reward.checker, max_response_len=c.rl.max_new_tokens,
+        format_weight=fmt, overlong_buffer=c.reward.overlong_buffer, pool=self.pool)
+    self.reward_fn = make_reward(c.reward.format_weight)
+    self.eval_reward_fn = make_reward(0.0)
+    self.credit = self._make_credit()
+
+    # Sampler and the jitted steps.
+    self.sampler = sampler_lib.Sampler(
+        self.model, self.tokenizer, max_prompt_len=c.rl.max_prompt_len,
+        max_new_tokens=c.rl.max_new_tokens, mesh=self.mesh)
+    self.eval_sampler = self.sampler
+    if c.train.eval_max_new_tokens != c.rl.max_new_tokens:
+      self.eval_sampler = sampler_lib.Sampler(
+          self.model, self.tokenizer, max_prompt_len=c.rl.max_prompt_len,
+          max_new_tokens=c.train.eval_max_new_tokens, mesh=self.mesh)
+    self.graphdef, self.params, self.rest = step_lib.split_model(self.model)
+    self.ref_params = (jax.tree.map(jnp.copy, self.params) if c.algo.kl_coef > 0 else None)
+    total_updates = c.rl.steps * c.rl.mini_batches
+    self.optimizer = optimizer_lib.make_optimizer(
+        lr=c.optim.lr, warmup_steps=c.optim.warmup_steps, total_steps=total_updates,
+        decay=c.optim.decay, weight_decay=c.optim.weight_decay,
+        grad_clip=c.optim.grad_clip, b1=c.optim.b1, b2=c.optim.b2)
+    with sharding.use_mesh(self.mesh):
+      self.opt_state = jax.jit(self.optimizer.init)(self.params)
+    self.loss_config = step_lib.LossConfig(
+        objective=c.algo.policy_loss, eps_low=c.algo.eps_low, eps_high=c.algo.eps_high,
+        dual_clip=c.algo.dual_clip or None, agg=c.algo.loss_agg,
+        max_response_len=c.rl.max_new_tokens, kl_coef=c.algo.kl_coef,
+        kl_estimator=c.algo.kl_estimator, temperature=c.rl.temperature,
+        logprob_chunk=c.train.logprob_chunk or None)
+    self.prompt_len = self.sampler.prompt_len
+    rows = c.rl.prompts_per_batch * c.rl.group_size
+    self.mini_rows = rows // c.rl.mini_batches
+    self.update_fn = step_lib.jit_update_step(
+        self.graphdef, optimizer=self.optimizer, prompt_len=self.prompt_len,
+        num_micro=c.rl.micro_batches, loss_config=self.loss_config)
+    self.needs_stats = (c.train.old_logp == "recompute" or c.algo.delta or c.algo.kl_coef > 0)
+    self.stats_fn = step_lib.jit_rollout_stats(
+        self.graphdef, prompt_len=self.prompt_len, num_micro=c.rl.micro_batches,
+        loss_config=self.loss_config, with_hidden=c.algo.delta)
+
+    self.checkpointer = checkpoints.Checkpointer(
+        workdir, save_every=c.train.save_every, keep=c.train.keep,
+        dense_window=c.train.dense_window)
+    self.writer = metrics_lib.MetricWriter(workdir, tensorboard=c.train.tensorboard)
+    self.key = jax.random.key(c.rl.seed)
+
+  def _make_credit(self) -> credit_lib.Credit:
+    c = self.config
+    if c.algo.advantage == "scrl":
+      from rlvr_jax.training import scrl_credit  # pylint: disable=g-import-not-at-top
+      return scrl_credit.ScrlCredit(config=c, tokenizer=self.tokenizer, pool=self.pool,
+                                    render_plain=self.render)
+    return credit_lib.OutcomeCredit(
+        estimator=c.algo.advantage, group_size=c.rl.group_size, render=self.render,
+        reward_fn=self.reward_fn, mask_truncated=c.reward.mask_truncated)
+
+  # -- evaluation ------------------------------------------------------------
+
+  def evaluate(self, name: str) -> heldout.HeldOutResult:
+    """Greedy accuracy on the held-out records with the current params."""
+    c = self.config
+    records = self.sources.eval
+    bar = tqdm.tqdm(total=len(records), desc=f"eval {name}", disable=not self.is_main,
+                    leave=False)
+    generate = lambda prompts: self.eval_sampler.generate(
+        prompts, key=jax.random.key(0), greedy=True)
+    result = heldout.evaluate_heldout(
+        records, generate=generate, render=self.render, reward_fn=self.eval_reward_fn,
+        batch_size=c.train.eval_batch_size, progress=bar.update)
+    bar.close()
+    logging.info("%s held-out accuracy %.4f on %d problems", name, result.accuracy,
+                 len(records))
+    return result
+
+  # -- one iteration -----------------------------------------------------------
+
+  def train_step(self, step: int) -> dict[str, float]:
+    """Rollout, reward, advantage, (DelTA), update; returns metrics."""
+    c = self.config
+    timings = {}
+    t0 = time.perf_counter()
+    records = next(self.iterator)
+    texts, examples = self.credit.prompts(records)
+    out = self.sampler.generate(
+        texts, key=jax.random.fold_in(self.key, step), temperature=c.rl.temperature,
+        top_p=c.rl.top_p, top_k=c.rl.top_k)
+    timings["time/rollout_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    response_mask = np.asarray(out.response_mask, np.float32)
+    truncated = np.asarray([r == "length" for r in out.finish_reasons])
+    adv, loss_mask, metrics = self.credit.advantages(
+        examples, list(out.texts), np.asarray(out.tokens)[:, self.prompt_len:],
+        response_mask, truncated)
+    timings["time/reward_s"] = time.perf_counter() - t0
+
+    batch = {
+        "tokens": np.asarray(out.tokens, np.int32),
+        "input_mask": np.asarray(out.input_mask, bool),
+        "response_mask": loss_mask,
+        "old_logp": np.asarray(out.logp, np.float32),
+        "advantages": adv,
+    }
+    t0 = time.perf_counter()
+    with sharding.use_mesh(self.mesh):
+      gbatch = _global(self.mesh, batch)
+      if self.needs_stats:
+        stats = self.stats_fn(self.params, self.rest, gbatch, self.ref_params)
+        if c.train.old_logp == "recompute" or c.algo.delta:
+          gbatch["old_logp"] = stats["old_logp"]
+        if c.algo.kl_coef > 0:
+          gbatch["ref_logp"] = stats["ref_logp"]
+        mask = gbatch["response_mask"]
+        metrics["rollout/entropy"] = float(
+            jnp.sum(stats["entropy"] * mask) / jnp.maximum(jnp.sum(mask), 1.0))
+        if c.algo.delta:
+          coef, delta_metrics = delta_lib.delta_coefficients(
+              stats["hidden"], jnp.exp(stats["old_logp"]), gbatch["advantages"], mask,
+              k=c.algo.delta_k, lam_min=c.algo.delta_lam_min, lam_max=c.algo.delta_lam_max,
+              scope=c.algo.delta_scope, group_size=c.rl.group_size)
+          gbatch["advantages"] = gbatch["advantages"] * coef
+          metrics.update(metrics_lib.to_floats(delta_metrics))
+          if step in tuple(c.train.delta_report_steps):
+            self._delta_report(step, coef, gbatch)
+      timings["time/old_stats_s"] = time.perf_counter() - t0
+
+      t0 = time.perf_counter()
+      local = {k: _local(v) for k, v in gbatch.items()}
+      rows = next(iter(local.values())).shape[0] // c.rl.mini_batches
+      update_metrics = []
+      for i in range(c.rl.mini_batches):
+        mini = _global(self.mesh, {k: v[i * rows:(i + 1) * rows] for k, v in local.items()})
+        self.params, self.opt_state, m = self.update_fn(
+            self.params, self.rest, self.opt_state, mini)
+        update_metrics.append(m)
+      nnx.update(self.model, self.params)
+    update_metrics = jax.device_get(update_metrics)
+    timings["time/update_s"] = time.perf_counter() - t0
+    for key in update_metrics[0]:
+      values = [float(m[key]) for m in update_metrics]
+      metrics[key] = (max(values) if key.endswith("_max") else
+                      sum(values) if key == "train/skipped" else float(np.mean(values)))
+    tokens = float(response_mask.sum()) * jax.process_count()
+    metrics.update(timings)
+    metrics["time/step_s"] = sum(timings.values())
+    metrics["time/tokens_per_s"] = tokens / max(metrics["time/step_s"], 1e-9)
+    return metrics
+
+  def _delta_report(self, step: int, coef: jax.Array, gbatch: dict[str, jax.Array]) -> None:
+    from rlvr_jax.algorithms import delta_report  # pylint: disable=g-import-not-at-top
+    if not self.is_main:
+      return
+    coef, mask, adv = (_local(x) for x in (coef, gbatch["response_mask"], gbatch["advantages"]))
+    tokens = _local(gbatch["tokens"])[:, self.prompt_len:]
+    path = os.path.join(self.workdir, f"delta_coefficients_step{step}.png")
+    delta_report.coefficient_histogram(coef, mask, adv, path, step)
+    table = delta_report.extreme_tokens(coef, mask, tokens, self.tokenizer)
+    with open(os.path.join(self.workdir, f"delta_tokens_step{step}.txt"), "w") as f:
+      f.write(table)
+
+  # -- the run -------------------------------------------------------------------
+
+  def _meta(self, step: int) -> dict[str, Any]:
+    return {"step": step, "data": self.iterator.get_state(), "seed": self.config.rl.seed,
+            "model_config": self.model_config.to_dict()}
+
+  def _restore_or_save_base(self) -> int:
+    latest = self.checkpointer.latest_step()
+    if latest is None:
+      self.checkpointer.save(0, self.params, self.opt_state, self._meta(0), force=True)
+      return 0
+    self.params, self.opt_state, meta = self.checkpointer.restore(
+        latest, self.params, self.opt_state)
+    nnx.update(self.model, self.params)
+    self.iterator.set_state(meta["data"])
+    logging.info("resumed from step %d", latest)
+    return int(meta["step"])
+
+  def run(self) -> dict[str, Any]:
+    """Trains for rl.steps iterations; evaluates before/after; returns a summary."""
+    c = self.config
+    start = self._restore_or_save_base()
+    summary: dict[str, Any] = {}
+    before_path = os.path.join(self.workdir, "eval_before.json")
+    before = None
+    if c.train.eval_before:
+      if os.path.exists(before_path):
+        with open(before_path) as f:
+          before = np.asarray(json.load(f)["correct"], np.float32)
+      else:
+        result = self.evaluate("before")
+        before = result.correct
+        self.writer.write(0, result.metrics("eval"))
+        if self.is_main:
+          with open(before_path, "w") as f:
+            json.dump({"accuracy": result.accuracy, "correct": before.tolist()}, f)
+      summary["accuracy_before"] = float(before.mean())
+
+    bar = tqdm.trange(start, c.rl.steps, initial=start, total=c.rl.steps, desc="train",
+                      disable=not self.is_main)
+    last_good = start
+    for step in bar:
+      metrics = self.train_step(step)
+      done = step + 1
+      if metrics["train/skipped"] > 0:
+        logging.warning("step %d: non-finite loss or gradient; update skipped, params "
+                        "kept (last good checkpoint: step %d)", done, last_good)
+      if c.train.eval_every and done % c.train.eval_every == 0 and done != c.rl.steps:
+        metrics.update(self.evaluate(f"step {done}").metrics("eval"))
+      self.writer.write(done, metrics)
+      if self.checkpointer.save(done, self.params, self.opt_state, self._meta(done)):
+        last_good = done
+      bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}",
+                      acc=f"{metrics['reward/accuracy']:.3f}",
+                      s=f"{metrics['time/step_s']:.1f}")
+    self.checkpointer.save(c.rl.steps, self.params, self.opt_state, self._meta(c.rl.steps),
+                           force=c.rl.steps not in self.checkpointer.all_steps())
+    self.checkpointer.wait()
+
+    if c.train.eval_after:
+      result = self.evaluate("after")
+      self.writer.write(c.rl.steps, result.metrics("eval"))
+      summary["accuracy_after"] = result.accuracy
+      if before is not None:
+        summary["p_value"] = heldout.mcnemar_exact(before, result.correct)
+    if self.is_main and os.path.exists(self.writer.path):
+      metrics_lib.plot_curves(
+          self.writer.path, ("reward/mean", "reward/accuracy", "reward/format_rate"),
+          os.path.join(self.workdir, "reward_curve.png"), title=c.model.source)
+    return summary
+
+  def close(self) -> None:
+    self.checkpointer.close()
+    self.writer.close()
+    if self.pool is not None:
+      self.pool.close()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs the whole experiment of `config` in `workdir` (resuming if possible).
+
+  Returns:
+    {'accuracy_before', 'accuracy_after', 'p_value'} for the parts that ran.
+  """
+  trainer = Trainer(config, workdir)
+  try:
+    return trainer.run()
+  finally:
+    trainer.close()

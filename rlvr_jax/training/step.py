@@ -1,0 +1,216 @@
+"""The two jitted computations of an RL iteration.
+
+`rollout_stats`: one teacher-forced forward pass at the sampling policy that
+gives the old log-probs, the entropies, the final hidden states DelTA needs and
+(with a reference policy) the reference log-probs, micro-batch by micro-batch.
+
+`update_step`: one optimizer step on a mini-batch. The loss denominator of the
+whole mini-batch is computed first (METHODS.md 1.3), each micro-batch adds
+`numerator_micro / denominator` and its gradient, so 1, 2 or 4 micro-batches
+and 1 or 8 devices give the same update. A non-finite loss or gradient norm
+skips the update (params and optimizer state unchanged) and reports it.
+
+Micro-batch m holds rows m, m + M, m + 2M, ... of the mini-batch: with the
+batch sharded over devices in contiguous blocks, every device then holds its
+share of every micro-batch, and no data moves between devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import optax
+
+from rlvr_jax import sharding
+from rlvr_jax.algorithms import losses
+from rlvr_jax.models import logprobs as logprobs_lib
+
+Array = jax.Array
+Batch = dict[str, Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """Static settings of the policy loss (flags under config.algo / config.rl).
+
+  Attributes:
+    objective: `policy_loss` flag (ppo_clip | gspo | gspo_token).
+    eps_low: lower clip width.
+    eps_high: upper clip width.
+    dual_clip: dual-clip constant c for A < 0, or None.
+    agg: `loss_agg` flag (token_mean | seq_mean_token_mean |
+      seq_mean_token_sum_norm).
+    max_response_len: T_max of seq_mean_token_sum_norm.
+    kl_coef: weight of the KL term (0 = no reference pass).
+    kl_estimator: k1 | k2 | k3 (k3 = straight-through, see losses.py).
+    temperature: sampling temperature; log-probs are taken at it.
+    logprob_chunk: LM-head chunk over T (None = whole T).
+  """
+
+  objective: str = "ppo_clip"
+  eps_low: float = 0.2
+  eps_high: float = 0.2
+  dual_clip: float | None = None
+  agg: str = "token_mean"
+  max_response_len: int | None = None
+  kl_coef: float = 0.0
+  kl_estimator: str = "k3"
+  temperature: float = 1.0
+  logprob_chunk: int | None = None
+
+
+def split_micro_batches(batch: Batch, num_micro: int) -> Batch:
+  """[B, ...] -> [M, B / M, ...] with micro-batch m = rows m, m + M, ...."""
+  def split(x):
+    b = x.shape[0]
+    if b % num_micro:
+      raise ValueError(f"batch of {b} rows does not split into {num_micro} micro-batches.")
+    x = x.reshape(b // num_micro, num_micro, *x.shape[1:])
+    x = sharding.constrain(x, ("batch",) + (None,) * (x.ndim - 1))
+    return jnp.swapaxes(x, 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def merge_micro_batches(x: Array) -> Array:
+  """Inverse of `split_micro_batches` for one array [M, B / M, ...]."""
+  x = jnp.swapaxes(x, 0, 1)
+  return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def rollout_stats(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
+                  batch: Batch, *, prompt_len: int, num_micro: int,
+                  loss_config: LossConfig, with_hidden: bool,
+                  ref_params: nnx.State | None = None) -> dict[str, Array]:
+  """Old log-probs (+ entropy, hidden states, reference log-probs), no grad.
+
+  Args:
+    graphdef, params, rest: the split policy model (nnx.split(model,
+      nnx.Param, ...)).
+    batch: `tokens` [B, S] and `input_mask` [B, S].
+    prompt_len: P.
+    num_micro: micro-batches M to bound memory.
+    loss_config: for the temperature and LM-head chunk.
+    with_hidden: also return hidden [B, T, D] (DelTA's input).
+    ref_params: reference policy params (same graphdef), or None.
+
+  Returns:
+    {'old_logp' [B, T], 'entropy' [B, T], 'hidden' [B, T, D] if asked,
+     'ref_logp' [B, T] if ref_params}.
+  """
+  micro = split_micro_batches({k: batch[k] for k in ("tokens", "input_mask")}, num_micro)
+
+  def stats(p, mb, hidden, entropy):
+    model = nnx.merge(graphdef, p, rest)
+    return logprobs_lib.response_logprobs(
+        model, mb["tokens"], mb["input_mask"], prompt_len=prompt_len,
+        temperature=loss_config.temperature, chunk_size=loss_config.logprob_chunk,
+        with_entropy=entropy, with_hidden=hidden)
+
+  def one(mb):
+    out = stats(params, mb, with_hidden, True)
+    result = {"old_logp": out.logp, "entropy": out.entropy}
+    if with_hidden:
+      result["hidden"] = out.hidden.astype(jnp.float32)
+    if ref_params is not None:
+      result["ref_logp"] = stats(ref_params, mb, False, False).logp
+    return result
+
+  out = jax.lax.map(one, micro)
+  return jax.tree.map(lambda x: jax.lax.stop_gradient(merge_micro_batches(x)), out)
+
+
+def update_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
+                opt_state: optax.OptState, batch: Batch, *,
+                optimizer: optax.GradientTransformation, prompt_len: int,
+                num_micro: int, loss_config: LossConfig
+                ) -> tuple[nnx.State, optax.OptState, dict[str, Array]]:
+  """One optimizer step on a mini-batch with gradient accumulation.
+
+  Args:
+    graphdef, params, rest: the split policy model.
+    opt_state: optimizer state of `params`.
+    batch: mini-batch dict: tokens [B, S], input_mask [B, S], response_mask
+      [B, T], old_logp [B, T], advantages [B, T], and ref_logp [B, T] when
+      loss_config.kl_coef > 0.
+    optimizer: the optax transformation.
+    prompt_len: P.
+    num_micro: micro-batches M (B % M == 0).
+    loss_config: static loss settings.
+
+  Returns:
+    New params, new optimizer state, metrics (flat dict of scalars), with
+    `train/skipped` = 1 when the update was skipped for a non-finite value.
+  """
+  c = loss_config
+  mask = batch["response_mask"].astype(jnp.float32)
+  denominator = losses.aggregation_denominator(
+      mask, agg=c.agg, max_response_len=c.max_response_len)
+  token_count = jnp.sum(mask)
+  micro = split_micro_batches(batch, num_micro)
+
+  def loss_fn(p, mb):
+    model = nnx.merge(graphdef, p, rest)
+    out = logprobs_lib.response_logprobs(
+        model, mb["tokens"], mb["input_mask"], prompt_len=prompt_len,
+        temperature=c.temperature, chunk_size=c.logprob_chunk, with_entropy=True)
+    m = mb["response_mask"].astype(jnp.float32)
+    loss, metrics = losses.policy_loss(
+        out.logp, mb["old_logp"], mb["advantages"], m,
+        loss_denominator=denominator, token_count=token_count,
+        objective=c.objective, eps_low=c.eps_low, eps_high=c.eps_high,
+        dual_clip=c.dual_clip, agg=c.agg, max_response_len=c.max_response_len,
+        ref_logp=mb.get("ref_logp"), kl_coef=c.kl_coef, kl_estimator=c.kl_estimator)
+    metrics["policy/entropy"] = jnp.sum(out.entropy * m) / jnp.maximum(token_count, 1.0)
+    return loss, metrics
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def accumulate(carry, mb):
+    grads, metrics = carry
+    (_, new_metrics), new_grads = grad_fn(params, mb)
+    return (jax.tree.map(jnp.add, grads, new_grads),
+            losses.accumulate_metrics(metrics, new_metrics)), None
+
+  first = jax.tree.map(lambda x: x[0], micro)
+  zero_metrics = jax.tree.map(jnp.zeros_like, jax.eval_shape(loss_fn, params, first)[1])
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  (grads, metrics), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics), micro)
+
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(metrics["policy/loss"]) & jnp.isfinite(grad_norm)
+  updates, new_opt_state = optimizer.update(grads, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  metrics["train/grad_norm"] = grad_norm
+  metrics["train/skipped"] = 1.0 - finite.astype(jnp.float32)
+  return keep(new_params, params), keep(new_opt_state, opt_state), metrics
+
+
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+  """(graphdef, params, rest): the trainable params and everything else."""
+  return nnx.split(model, nnx.Param, ...)
+
+
+def jit_update_step(graphdef: nnx.GraphDef, *, optimizer: optax.GradientTransformation,
+                    prompt_len: int, num_micro: int, loss_config: LossConfig,
+                    donate: bool = True) -> Any:
+  """`update_step` jitted with the static arguments bound."""
+  def fn(params, rest, opt_state, batch):
+    return update_step(graphdef, params, rest, opt_state, batch, optimizer=optimizer,
+                       prompt_len=prompt_len, num_micro=num_micro,
+                       loss_config=loss_config)
+  return jax.jit(fn, donate_argnums=(0, 2) if donate else ())
+
+
+def jit_rollout_stats(graphdef: nnx.GraphDef, *, prompt_len: int, num_micro: int,
+                      loss_config: LossConfig, with_hidden: bool) -> Any:
+  """`rollout_stats` jitted; call as fn(params, rest, batch, ref_params)."""
+  def fn(params, rest, batch, ref_params):
+    return rollout_stats(graphdef, params, rest, batch, prompt_len=prompt_len,
+                         num_micro=num_micro, loss_config=loss_config,
+                         with_hidden=with_hidden, ref_params=ref_params)
+  return jax.jit(fn)
