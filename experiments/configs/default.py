@@ -78,6 +78,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rl.temperature = 1.0  # Sampling temperature (also of the log-probs).
   c.rl.top_p = 1.0  # Nucleus sampling (1 = off).
   c.rl.top_k = 0  # Top-k sampling (0 = off).
+  # A response ends at the few-shot template's next question (the model would
+  # otherwise invent one, and its box would be graded).
+  c.rl.stop_strings = ("\nQuestion:",)
   c.rl.seed = 0  # Sampling / init seed.
 
   c.algo = ml_collections.ConfigDict()

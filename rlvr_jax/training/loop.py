@@ -179,7 +179,8 @@ class Trainer:
     bar = tqdm.tqdm(total=len(records), desc=f"eval {name}", disable=not self.is_main,
                     leave=False)
     generate = lambda prompts: self.eval_sampler.generate(
-        prompts, key=jax.random.key(0), greedy=True)
+        prompts, key=jax.random.key(0), greedy=True,
+        stop_strings=tuple(c.rl.stop_strings))
     result = heldout.evaluate_heldout(
         records, generate=generate, render=self.render, reward_fn=self.eval_reward_fn,
         batch_size=c.train.eval_batch_size, progress=bar.update)
@@ -199,7 +200,7 @@ class Trainer:
     texts, examples = self.credit.prompts(records)
     out = self.sampler.generate(
         texts, key=jax.random.fold_in(self.key, step), temperature=c.rl.temperature,
-        top_p=c.rl.top_p, top_k=c.rl.top_k)
+        top_p=c.rl.top_p, top_k=c.rl.top_k, stop_strings=tuple(c.rl.stop_strings))
     timings["time/rollout_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

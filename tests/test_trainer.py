@@ -1,0 +1,110 @@
+"""The trainer end to end on the tiny config: outputs, resume, errors, RELEX."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import relex as relex_binary
+from experiments.configs import tiny
+from rlvr_jax.training import checkpoints
+from rlvr_jax.training import config_checks
+from rlvr_jax.training import loop
+
+
+def _config(steps, **train):
+  c = tiny.get_config()
+  c.rl.steps = steps
+  c.data.eval_size = 8
+  c.train.eval_batch_size = 8
+  c.train.tensorboard = False
+  for key, value in train.items():
+    c.train[key] = value
+  return c
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  """One 10-step tiny run with a dense window of 8 (shared by the tests)."""
+  workdir = str(tmp_path_factory.mktemp("tiny_run"))
+  summary = loop.train_and_evaluate(_config(10, dense_window=8, save_every=5, keep=1),
+                                    workdir)
+  return workdir, summary
+
+
+def test_tiny_run_writes_every_output(run_dir):
+  workdir, summary = run_dir
+  assert set(summary) == {"accuracy_before", "accuracy_after", "p_value"}
+  assert 0.0 <= summary["accuracy_after"] <= 1.0 and 0.0 <= summary["p_value"] <= 1.0
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  train_rows = [r for r in rows if "policy/loss" in r]
+  assert [r["step"] for r in train_rows] == list(range(1, 11))
+  for r in train_rows:
+    assert np.isfinite(r["policy/loss"]) and r["train/skipped"] == 0.0
+    assert 0.0 <= r["reward/accuracy"] <= 1.0
+  assert os.path.getsize(os.path.join(workdir, "reward_curve.png")) > 1000
+  # Dense window 0..8 kept, then save_every=5 with keep=1 -> 10.
+  steps = checkpoints.Checkpointer(workdir, save_every=5, keep=1, dense_window=8).all_steps()
+  assert steps == list(range(9)) + [10]
+
+
+def test_relex_extrapolates_the_tiny_run(run_dir, tmp_path):
+  """RELEX from the window 1..8 to step 10, against the real step-10 params."""
+  workdir, _ = run_dir
+  out = str(tmp_path / "relex")
+  result = relex_binary.run(run_dir=workdir, window=range(1, 9), target_steps=[10],
+                            output_dir=out)
+  summary = result["summary"]
+  error = summary["relex/step_10/relative_error"]
+  assert np.isfinite(error)
+  extrapolated = checkpoints.restore_params(out, 10)
+  real = checkpoints.restore_params(workdir, 10)
+  base = checkpoints.restore_params(workdir, 0)
+  flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+  recomputed = (np.linalg.norm(flat(extrapolated) - flat(real)) /
+                np.linalg.norm(flat(real) - flat(base)))
+  np.testing.assert_allclose(recomputed, error, rtol=1e-3)
+  assert error < 1.0  # closer to the real step 10 than the base model is
+
+
+def test_resume_gives_the_same_parameters(tmp_path):
+  """4 steps straight == 2 steps, stop, resume, 2 more steps."""
+  straight = str(tmp_path / "straight")
+  loop.train_and_evaluate(_config(4, eval_before=False, eval_after=False), straight)
+  resumed = str(tmp_path / "resumed")
+  loop.train_and_evaluate(_config(2, eval_before=False, eval_after=False), resumed)
+  loop.train_and_evaluate(_config(4, eval_before=False, eval_after=False), resumed)
+  a = checkpoints.restore_params(straight, 4)
+  b = checkpoints.restore_params(resumed, 4)
+  base = checkpoints.restore_params(straight, 0)
+  moved = max(float(np.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a),
+                                                         jax.tree.leaves(base)))
+  assert moved > 1e-4  # the runs really trained
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), a, b)
+
+
+@pytest.mark.parametrize("path,value,message", [
+    ("algo.advantage", "ppo", "--config.algo.advantage='ppo'"),
+    ("algo.loss_agg", "mean", "--config.algo.loss_agg='mean'"),
+    ("rl.micro_batches", 3, "--config.rl.micro_batches=3"),
+    ("rl.temperature", 0.0, "--config.rl.temperature=0.0"),
+    ("data.template", "fancy", "--config.data.template='fancy'"),
+])
+def test_bad_flags_name_the_flag(path, value, message):
+  c = tiny.get_config()
+  section, key = path.split(".")
+  c[section][key] = value
+  with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(".", r"\.")):
+    config_checks.validate(c)
+
+
+def test_scrl_needs_an_even_group():
+  c = tiny.get_config()
+  c.algo.advantage = "scrl"
+  c.rl.group_size = 3
+  c.rl.micro_batches = 1
+  c.rl.mini_batches = 1
+  with pytest.raises(ValueError, match="group_size=3: SCRL"):
+    config_checks.validate(c)
