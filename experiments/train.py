@@ -16,8 +16,10 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+import ml_collections
 from ml_collections import config_flags
 
+from rlvr_jax.evaluation import evaluate
 from rlvr_jax.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -27,6 +29,16 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Checkpoints, metrics,
 _CACHE = flags.DEFINE_string(
     "compilation_cache", os.path.expanduser("~/.cache/rlvr_jax/jax"),
     "Persistent XLA compilation cache ('' = off); cuts recompiles across runs.")
+
+
+def evaluate_checkpoint(params_dir_or_step: str,
+                        config: ml_collections.ConfigDict) -> dict[str, float]:
+  """Greedy held-out accuracy of `<run>/checkpoints/<step>[/params]` (RELEX --eval).
+
+  The trainer's held-out evaluation for `config` on those parameters; see
+  `rlvr_jax.evaluation.evaluate.evaluate_trainer_checkpoint`.
+  """
+  return evaluate.evaluate_trainer_checkpoint(params_dir_or_step, config)
 
 
 def main(argv):
