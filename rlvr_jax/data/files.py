@@ -11,7 +11,10 @@ from `PRESETS` or a string `'src:dst[|transform],...'`:
   `row['prompt'][0]['content']`. (A column whose name contains a dot cannot be
   addressed.)
 - `dst` is one of `id`, `problem`, `answer`, `task`, `metadata` (the value must
-  be a dict, merged into the record's metadata) or `metadata.<key>`.
+  be a dict, merged into the record's metadata), `metadata.<key>`,
+  `subproblems` (an SCRL chain: a non-empty list of objects with non-empty
+  text `statement` and `ground_truth`, as `data.subproblems` and
+  `experiments.make_subproblems` write it) or `reference_solution` (text).
 - `transform` (optional) is a name from `TRANSFORMS`, applied to the string
   value: `gsm8k_final`, `last_boxed`, `dapo_problem`.
 
@@ -23,7 +26,8 @@ that task's exact scorer instead), `metadata` is `{}`.
 
 Presets and the public layouts they read:
 
-- `default`: our own record layout (a JSONL dump of records round-trips).
+- `default`: our own record layout (a JSONL dump of records round-trips,
+  SCRL chains and reference solutions included).
 - `gsm8k` (openai/gsm8k): `question`, `answer` = worked solution with
   calculator annotations `<<48/2=24>>` ending in `#### 72`; the answer is the
   text after the last `####` with thousands separators removed, and the full
@@ -68,7 +72,8 @@ Record = dict[str, Any]
 
 PRESETS: dict[str, str] = {
     "default": (
-        "id:id,problem:problem,answer:answer,task:task,metadata:metadata"
+        "id:id,problem:problem,answer:answer,task:task,metadata:metadata,"
+        "subproblems:subproblems,reference_solution:reference_solution"
     ),
     "gsm8k": (
         "question:problem,answer:answer|gsm8k_final,answer:metadata.solution"
@@ -98,7 +103,11 @@ DAPO_PREFIX = (
 )
 DAPO_SUFFIX = '\n\nRemember to put your answer on its own line after "Answer:".'
 
-_RECORD_KEYS = ("id", "problem", "answer", "task", "metadata")
+_RECORD_KEYS = (
+    "id", "problem", "answer", "task", "metadata", "subproblems",
+    "reference_solution",
+)
+_CHAIN_KEYS = ("statement", "ground_truth")
 _REQUIRED = ("problem", "answer")
 _MAX_LOGGED_SKIPS = 10
 
@@ -245,6 +254,23 @@ def _as_text(value: Any, dst: str) -> str:
   return text
 
 
+def _as_chain(value: Any) -> list[dict[str, str]]:
+  """Checks an SCRL chain: a non-empty list of {statement, ground_truth}."""
+  if not isinstance(value, list) or not value:
+    raise MalformedRowError("subproblems is not a non-empty list")
+  chain = []
+  for j, item in enumerate(value):
+    if not isinstance(item, Mapping):
+      raise MalformedRowError(
+          f"subproblems[{j}] is a {type(item).__name__}, not an object"
+      )
+    chain.append({
+        key: _as_text(item.get(key), f"subproblems[{j}].{key}")
+        for key in _CHAIN_KEYS
+    })
+  return chain
+
+
 def convert_row(
     row: Any, maps: Sequence[ColumnMap], *, default_id: str
 ) -> Record:
@@ -278,6 +304,8 @@ def convert_row(
       record["metadata"].update(value)
     elif m.dst.startswith("metadata."):
       record["metadata"][m.dst[len("metadata."):]] = value
+    elif m.dst == "subproblems":
+      record["subproblems"] = _as_chain(value)
     else:
       record[m.dst] = _as_text(value, m.dst)
   try:

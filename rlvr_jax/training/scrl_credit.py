@@ -15,7 +15,7 @@ Subproblem chains come from the record when it has them (files written by
 `experiments.make_subproblems`) and are otherwise computed by the task's
 procedural rule (`data/subproblems.py`); a record with no usable chain is
 asked as a one-block chain (the problem itself), so the run never stops on
-one item.
+one item. A stored chain longer than `algo.scrl_k` keeps its last K items.
 """
 
 from __future__ import annotations
@@ -61,8 +61,14 @@ class ScrlCredit:
     self.decode = functools.partial(tokenizer.decode, skip_special_tokens=True)
 
   def _with_chain(self, record: Record) -> Record:
+    """The record with a chain of at most K subproblems.
+
+    A stored chain longer than K (a file made with a larger K) keeps its last
+    K subproblems, the hardest ones, ending with the problem itself (the
+    procedural rules also keep the last K - 1 steps).
+    """
     if record.get("subproblems"):
-      return record
+      return {**record, "subproblems": record["subproblems"][-self.k:]}
     try:
       return subproblems.with_subproblems(record, k=self.k)
     except (subproblems.UnusableItemError, ValueError):
