@@ -87,6 +87,8 @@ class Trainer:
     if self.is_main:
       with open(os.path.join(workdir, "model_config.json"), "w") as f:
         json.dump(self.model_config.to_dict(), f, indent=1)
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=1))
 
     # Data.
     self.sources = data_iterator.make_sources(c.data)

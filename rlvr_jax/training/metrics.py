@@ -58,11 +58,12 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
 def plot_curves(metrics_path: str, keys: tuple[str, ...], out_path: str,
                 title: str = "") -> str:
   """Plots the given metric keys against step into a PNG; returns its path."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
   rows = read_jsonl(metrics_path)
-  fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False)
+  fig = figure.Figure(figsize=(4.5 * len(keys), 3.5))
+  backend_agg.FigureCanvasAgg(fig)  # draws off-screen; the process's backend is untouched
+  axes = fig.subplots(1, len(keys), squeeze=False)
   for ax, key in zip(axes[0], keys):
     pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
     if pts:
@@ -75,5 +76,4 @@ def plot_curves(metrics_path: str, keys: tuple[str, ...], out_path: str,
     fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(out_path, dpi=110)
-  plt.close(fig)
   return out_path
