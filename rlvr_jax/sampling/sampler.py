@@ -71,6 +71,7 @@ from typing import Any, Sequence
 
 from flax import nnx
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
@@ -419,6 +420,22 @@ def _generate(graphdef: nnx.GraphDef, params: Any, rest: Any, prompt_tokens: Arr
   return {name: state[name] for name in ("tokens", "logp", "mask", "finish")}
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted_generate(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh | None) -> Any:
+  """`_generate` jitted for one model graph and mesh, shared by all Samplers.
+
+  The outputs are split over the batch axes of `mesh`; the compiled code is
+  cached per (input shapes, _LoopConfig), so two Samplers of models with the
+  same architecture reuse each other's compilations.
+  """
+  out_shardings = None
+  if mesh is not None:
+    out_shardings = {name: sharding.batch_sharding(mesh, ndim) for name, ndim in
+                     (("tokens", 2), ("logp", 2), ("mask", 2), ("finish", 1))}
+  return jax.jit(functools.partial(_generate, graphdef), static_argnames=("cfg",),
+                 out_shardings=out_shardings)
+
+
 # ---------------------------------------------------------------------------
 # Host side.
 
@@ -451,11 +468,11 @@ def first_stop(tokens: Sequence[int], stop_strings: Sequence[str], decode: Any) 
 class Sampler:
   """KV-cache sampler bound to a model, a tokenizer and the response width.
 
-  The jitted function is built once and compiled once per (B, P, sampling
-  mode, stop-sequence shape). The parameters are arguments of the jitted
-  function, not constants: each call reads the model's current parameters
-  (or takes `params`), so a trainer calls `generate` after every update
-  without recompiling.
+  The jitted function is built once per model architecture and mesh and
+  compiled once per (B, P, sampling mode, stop-sequence shape). The
+  parameters are arguments of the jitted function, not constants: each call
+  reads the model's current parameters (or takes `params`), so a trainer
+  calls `generate` after every update without recompiling.
 
   Example:
     sampler = Sampler(model, tokenizer, max_prompt_len=256, max_new_tokens=512)
@@ -500,13 +517,7 @@ class Sampler:
       eos_token_ids = tokenizer_lib.eos_token_ids(tokenizer, model.config)
     self.eos_token_ids = tuple(int(i) for i in eos_token_ids)
     self.pad_token_id = int(model.config.pad_token_id)
-    graphdef = nnx.split(model, nnx.Param, ...)[0]
-    out_shardings = None
-    if mesh is not None:
-      out_shardings = {name: sharding.batch_sharding(mesh, ndim) for name, ndim in
-                       (("tokens", 2), ("logp", 2), ("mask", 2), ("finish", 1))}
-    self._generate = jax.jit(functools.partial(_generate, graphdef),
-                             static_argnames=("cfg",), out_shardings=out_shardings)
+    self._generate = _jitted_generate(nnx.split(model, nnx.Param, ...)[0], mesh)
 
   @property
   def prompt_len(self) -> int:
@@ -558,7 +569,8 @@ class Sampler:
         nnx.Param values) to sample from instead of the model's current ones.
 
     Returns:
-      A SampleOutput with B = len(prompts) * num_samples rows.
+      A SampleOutput with B = len(prompts) * num_samples rows (host numpy,
+      the whole batch on every process).
     """
     if temperature < 0:
       raise ValueError(f"temperature={temperature} must be >= 0.")
@@ -605,6 +617,8 @@ class Sampler:
           params, nnx.to_pure_dict(rest), *batch, key,
           jnp.float32(temperature if not greedy else 1.0), jnp.float32(top_p),
           jnp.asarray(self._stop_sequences(stop_strings)), cfg=cfg)
+    if jax.process_count() > 1:  # every process gets the whole batch
+      out = multihost_utils.process_allgather(out, tiled=True)
     out = {name: np.asarray(value)[:b] for name, value in jax.device_get(out).items()}
     return self._finish(prompt_tokens[:b], prompt_mask[:b], out, stop_strings)
 
