@@ -43,15 +43,36 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
+def _env_int(name: str) -> int | None:
+  """The integer in environment variable `name`; None when it is unset or empty."""
+  value = os.environ.get(name, "")
+  if not value:
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f"environment variable {name}={value!r}: must be an integer.") from None
+
+
 def initialize_distributed() -> None:
   """Calls `jax.distributed.initialize()` when running multi-process.
 
-  Multi-process is detected from JAX's own environment variables
-  (JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES) or a TPU pod slice; on a single
-  host it does nothing.
+  Multi-process is detected from JAX_COORDINATOR_ADDRESS or a TPU pod slice
+  (TPU_WORKER_HOSTNAMES); on a single host, or when JAX's distributed runtime
+  is already up, it does nothing. JAX_NUM_PROCESSES and JAX_PROCESS_ID, when
+  set, give the process count and this process's index (jax.distributed reads
+  neither itself; without them it takes both from the TPU metadata, SLURM or
+  Open MPI). On CPU the processes' collectives go through gloo, JAX's default
+  `jax_cpu_collectives_implementation`.
+
+  Raises:
+    ValueError: JAX_NUM_PROCESSES or JAX_PROCESS_ID is set but not an integer.
   """
+  if jax.distributed.is_initialized():
+    return
   if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("TPU_WORKER_HOSTNAMES"):
-    jax.distributed.initialize()
+    jax.distributed.initialize(num_processes=_env_int("JAX_NUM_PROCESSES"),
+                               process_id=_env_int("JAX_PROCESS_ID"))
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,

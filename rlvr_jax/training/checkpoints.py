@@ -105,17 +105,24 @@ class Checkpointer:
     self.manager.close()
 
 
-def restore_params(directory: str, step: int | None = None, target: Any = None) -> Any:
-  """Reads only the `params` item of a run's checkpoint (latest step if None).
+def restore_item(directory: str, item: str, step: int | None = None,
+                 target: Any = None) -> Any:
+  """Reads one item of a run's checkpoint (latest step if None).
 
   Args:
     directory: a run's workdir or its `checkpoints/` folder.
+    item: 'params', 'opt_state' or 'meta'.
     step: the step to read; None = the latest.
-    target: optional tree of arrays giving shapes, dtypes and shardings.
+    target: optional tree of arrays giving shapes, dtypes and shardings (not
+      for 'meta'); needed when the checkpoint was written on another device
+      layout, for example by several processes.
 
   Returns:
-    The params pure dict.
+    The item: a pure dict of arrays, the optimizer state as nested
+    containers, or the meta dict.
   """
+  if item not in _ITEMS:
+    raise ValueError(f"item={item!r}: choose one of {_ITEMS}.")
   if os.path.basename(os.path.normpath(directory)) != "checkpoints":
     directory = os.path.join(directory, "checkpoints")
   manager = ocp.CheckpointManager(
@@ -128,8 +135,25 @@ def restore_params(directory: str, step: int | None = None, target: Any = None) 
   if step not in manager.all_steps():
     raise FileNotFoundError(
         f"Step {step} not in {directory}; available: {sorted(manager.all_steps())}.")
-  restore = ocp.args.StandardRestore(
-      None if target is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, target))
-  params = manager.restore(step, args=ocp.args.Composite(params=restore)).params
+  if item == "meta":
+    restore = ocp.args.JsonRestore()
+  else:
+    restore = ocp.args.StandardRestore(
+        None if target is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, target))
+  value = manager.restore(step, args=ocp.args.Composite(**{item: restore}))[item]
   manager.close()
-  return params
+  return value
+
+
+def restore_params(directory: str, step: int | None = None, target: Any = None) -> Any:
+  """Reads only the `params` item of a run's checkpoint (`restore_item`).
+
+  Args:
+    directory: a run's workdir or its `checkpoints/` folder.
+    step: the step to read; None = the latest.
+    target: optional tree of arrays giving shapes, dtypes and shardings.
+
+  Returns:
+    The params pure dict.
+  """
+  return restore_item(directory, "params", step, target)

@@ -26,9 +26,11 @@ from typing import Any
 from absl import logging
 from flax import nnx
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import tqdm
 
 from rlvr_jax import sharding
@@ -48,24 +50,15 @@ from rlvr_jax.training import optimizer as optimizer_lib
 from rlvr_jax.training import step as step_lib
 
 
-def _global(mesh: jax.sharding.Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-  """This process's rows -> global arrays sharded over (data, fsdp)."""
-  return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, v.ndim), v)
-          for k, v in local.items()}
+def _global(mesh: jax.sharding.Mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+  """The whole batch (the same on every process) -> arrays sharded over (data, fsdp)."""
+  return {k: jax.make_array_from_process_local_data(
+      sharding.batch_sharding(mesh, v.ndim), v, v.shape) for k, v in batch.items()}
 
 
-def _local(x: jax.Array) -> np.ndarray:
-  """This process's rows of a batch-sharded global array."""
-  if jax.process_count() == 1:
-    return np.asarray(jax.device_get(x))
-  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-  seen, parts = set(), []
-  for s in shards:
-    start = s.index[0].start or 0
-    if start not in seen:
-      seen.add(start)
-      parts.append(np.asarray(s.data))
-  return np.concatenate(parts)
+def _host(x: jax.Array) -> np.ndarray:
+  """The whole of a batch-sharded global array, on every process (a collective)."""
+  return multihost_utils.process_allgather(x, tiled=True)
 
 
 class Trainer:
@@ -90,15 +83,14 @@ class Trainer:
       with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json(indent=1))
 
-    # Data.
+    # Data. Every process reads (and later scores) the whole rollout batch:
+    # the sampler takes the global prompt list and splits its rows over all
+    # processes' devices, the same rows in the same order with any number of
+    # processes, and the iterator state saved by process 0 is every
+    # process's state, so a run resumes with any number of processes.
     self.sources = data_iterator.make_sources(c.data)
-    n_proc = jax.process_count()
-    if c.rl.prompts_per_batch % n_proc:
-      raise ValueError(f"rl.prompts_per_batch={c.rl.prompts_per_batch} does not split "
-                       f"over {n_proc} processes.")
     self.iterator = data_iterator.PromptIterator(
-        self.sources.train, batch_size=c.rl.prompts_per_batch // n_proc, seed=c.data.seed,
-        shard_index=jax.process_index(), shard_count=n_proc)
+        self.sources.train, batch_size=c.rl.prompts_per_batch, seed=c.data.seed)
     shots = []
     if c.data.few_shot:
       shots = prompts_lib.draw_examples(self.sources.train, k=c.data.few_shot, seed=c.data.seed)
@@ -137,8 +129,14 @@ class Trainer:
         lr=c.optim.lr, warmup_steps=c.optim.warmup_steps, total_steps=total_updates,
         decay=c.optim.decay, weight_decay=c.optim.weight_decay,
         grad_clip=c.optim.grad_clip, b1=c.optim.b1, b2=c.optim.b2)
+    # Adam's moments are laid out like the parameters they mirror (counts
+    # replicated): the layout the update step returns, so it compiles once.
+    opt_shardings = optax.tree_map_params(
+        self.optimizer, lambda _, s: s, jax.eval_shape(self.optimizer.init, self.params),
+        jax.tree.map(lambda p: p.sharding, self.params),
+        transform_non_params=lambda _: sharding.replicated(self.mesh))
     with sharding.use_mesh(self.mesh):
-      self.opt_state = jax.jit(self.optimizer.init)(self.params)
+      self.opt_state = jax.jit(self.optimizer.init, out_shardings=opt_shardings)(self.params)
     self.loss_config = step_lib.LossConfig(
         objective=c.algo.policy_loss, eps_low=c.algo.eps_low, eps_high=c.algo.eps_high,
         dual_clip=c.algo.dual_clip or None, agg=c.algo.loss_agg,
@@ -244,11 +242,11 @@ class Trainer:
       timings["time/old_stats_s"] = time.perf_counter() - t0
 
       t0 = time.perf_counter()
-      local = {k: _local(v) for k, v in gbatch.items()}
-      rows = next(iter(local.values())).shape[0] // c.rl.mini_batches
+      whole = {k: _host(v) for k, v in gbatch.items()}
+      rows = self.mini_rows
       update_metrics = []
       for i in range(c.rl.mini_batches):
-        mini = _global(self.mesh, {k: v[i * rows:(i + 1) * rows] for k, v in local.items()})
+        mini = _global(self.mesh, {k: v[i * rows:(i + 1) * rows] for k, v in whole.items()})
         self.params, self.opt_state, m = self.update_fn(
             self.params, self.rest, self.opt_state, mini)
         update_metrics.append(m)
@@ -259,7 +257,7 @@ class Trainer:
       values = [float(m[key]) for m in update_metrics]
       metrics[key] = (max(values) if key.endswith("_max") else
                       sum(values) if key == "train/skipped" else float(np.mean(values)))
-    tokens = float(response_mask.sum()) * jax.process_count()
+    tokens = float(response_mask.sum())
     metrics.update(timings)
     metrics["time/step_s"] = sum(timings.values())
     metrics["time/tokens_per_s"] = tokens / max(metrics["time/step_s"], 1e-9)
@@ -267,10 +265,11 @@ class Trainer:
 
   def _delta_report(self, step: int, coef: jax.Array, gbatch: dict[str, jax.Array]) -> None:
     from rlvr_jax.algorithms import delta_report  # pylint: disable=g-import-not-at-top
+    coef, mask, adv, tokens = (_host(x) for x in (
+        coef, gbatch["response_mask"], gbatch["advantages"], gbatch["tokens"]))
     if not self.is_main:
       return
-    coef, mask, adv = (_local(x) for x in (coef, gbatch["response_mask"], gbatch["advantages"]))
-    tokens = _local(gbatch["tokens"])[:, self.prompt_len:]
+    tokens = tokens[:, self.prompt_len:]
     path = os.path.join(self.workdir, f"delta_coefficients_step{step}.png")
     delta_report.coefficient_histogram(coef, mask, adv, path, step)
     table = delta_report.extreme_tokens(coef, mask, tokens, self.tokenizer)
