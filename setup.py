@@ -35,6 +35,7 @@ setuptools.setup(
     extras_require={
         "test": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel"],
         "torch": ["torch==2.13.0", "accelerate"],
+        "bench": ["torch==2.13.0", "accelerate", "trl==1.16.0"],  # benchmarks/rl_step.py
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },

@@ -225,7 +225,8 @@ def run_dir(tmp_path_factory, tiny_model):
                                   async_save=False)
   trained = decoder.create_model(config, seed=1)
   for step, model in ((0, decoder.create_model(config, seed=0)), (2, trained)):
-    ckpt.save(step, _pure_params(model), {"count": np.zeros([], np.int32)},
+    # What the trainer saves: the model's Param state.
+    ckpt.save(step, nnx.state(model, nnx.Param), {"count": np.zeros([], np.int32)},
               {"step": step, "model_config": config.to_dict()}, force=True)
   ckpt.close()
   return workdir, trained

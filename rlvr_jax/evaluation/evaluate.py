@@ -313,10 +313,10 @@ def restore_into(model: decoder_lib.Decoder, directory: str, step: int) -> None:
     directory: a run's workdir or its `checkpoints/` folder.
     step: the checkpoint step.
   """
-  state = nnx.state(model, nnx.Param)
-  restored = checkpoints.restore_params(directory, step, target=nnx.to_pure_dict(state))
-  nnx.replace_by_pure_dict(state, restored)
-  nnx.update(model, state)
+  # The target is the model's own Param state, the tree the trainer saves
+  # (each Variable as {'value': array}), so trainer and RELEX checkpoints match.
+  restored = checkpoints.restore_params(directory, step, target=nnx.state(model, nnx.Param))
+  nnx.update(model, restored)
 
 
 def load_for_evaluation(source: str, *, step: int | None = None, tokenizer: str = "",
