@@ -58,7 +58,10 @@ def run_ours(iterations: int) -> dict:
 
   model, tokenizer, _ = loader.load_model("smollm2")
   records = _prompts(tokenizer, _PROMPTS * (iterations + 1))
-  sampler = sampler_lib.Sampler(model, tokenizer, max_prompt_len=64, max_new_tokens=_NEW)
+  # P = the longest prompt rounded up to 8 (TRL pads a batch to its longest).
+  longest = max(len(tokenizer.encode(r["prompt"], add_special_tokens=False)) for r in records)
+  sampler = sampler_lib.Sampler(model, tokenizer, max_prompt_len=-(-longest // 8) * 8,
+                                max_new_tokens=_NEW)
   graphdef, params, rest = step_lib.split_model(model)
   optimizer = optax.adamw(1e-5, weight_decay=0.0)
   opt_state = optimizer.init(params)

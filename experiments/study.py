@@ -272,6 +272,17 @@ def plot(workdir: str, results: Sequence[dict[str, Any]], table: dict[str, dict[
   return path
 
 
+def check_arguments(base: ml_collections.ConfigDict, methods: Sequence[str]) -> None:
+  """Raises ValueError (naming the flag) for methods or a config the study can't run."""
+  unknown = set(methods) - set(METHODS)
+  if unknown:
+    raise ValueError(f"--methods: unknown {sorted(unknown)}; choose from {list(METHODS)}.")
+  if "relex" in methods and "grpo" not in methods:
+    raise ValueError("--methods: relex extrapolates the grpo runs; add grpo.")
+  if "relex" in methods:
+    relex_window(base)
+
+
 def run_study(base: ml_collections.ConfigDict, *, workdir: str, seeds: Sequence[int],
               methods: Sequence[str], passk_samples: int = 4,
               passk_problems: int = 24) -> dict[str, Any]:
@@ -289,13 +300,8 @@ def run_study(base: ml_collections.ConfigDict, *, workdir: str, seeds: Sequence[
     {'base': base greedy accuracy, 'methods': summarize(...), 'runs': [...],
      'table': the Markdown table}.
   """
-  unknown = set(methods) - set(METHODS)
-  if unknown:
-    raise ValueError(f"--methods: unknown {sorted(unknown)}; choose from {list(METHODS)}.")
-  if "relex" in methods and "grpo" not in methods:
-    raise ValueError("--methods: relex extrapolates the grpo runs; add grpo.")
-  if "relex" in methods:
-    relex_window(base)
+  check_arguments(base, methods)
+  workdir = os.path.abspath(workdir)  # orbax wants absolute checkpoint paths
   os.makedirs(workdir, exist_ok=True)
   start = time.perf_counter()
   results, base_eval = [], None
@@ -338,11 +344,11 @@ def main(argv: Sequence[str]) -> None:
     jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
   try:
-    study = run_study(FLAGS.config, workdir=FLAGS.workdir, seeds=seeds,
-                      methods=FLAGS.methods, passk_samples=FLAGS.passk_samples,
-                      passk_problems=FLAGS.passk_problems)
+    check_arguments(FLAGS.config, FLAGS.methods)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
+  study = run_study(FLAGS.config, workdir=FLAGS.workdir, seeds=seeds, methods=FLAGS.methods,
+                    passk_samples=FLAGS.passk_samples, passk_problems=FLAGS.passk_problems)
   table = study["methods"]
   print(study["table"], flush=True)
   print(json.dumps({"methods": {m: {k: table[m][k] for k in ("mean", "std", "seeds")}

