@@ -69,6 +69,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("passk_samples", 4, "n samples per problem for pass@k.")
   flags.DEFINE_integer("passk_problems", 24,
                        "Held-out problems (the first ones) sampled for pass@k.")
+  flags.DEFINE_bool("keep_checkpoints", False,
+                    "Keep every run's checkpoints (about 6 GB a SmolLM2 run).")
   flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/rlvr_jax/jax"),
                       "Persistent XLA compilation cache ('' = off).")
 
@@ -285,7 +287,7 @@ def check_arguments(base: ml_collections.ConfigDict, methods: Sequence[str]) -> 
 
 def run_study(base: ml_collections.ConfigDict, *, workdir: str, seeds: Sequence[int],
               methods: Sequence[str], passk_samples: int = 4,
-              passk_problems: int = 24) -> dict[str, Any]:
+              passk_problems: int = 24, keep_checkpoints: bool = False) -> dict[str, Any]:
   """Runs (or resumes) every (method, seed), then writes the table and the plot.
 
   Args:
@@ -295,6 +297,9 @@ def run_study(base: ml_collections.ConfigDict, *, workdir: str, seeds: Sequence[
     methods: keys of METHODS ('relex' needs 'grpo').
     passk_samples: n samples per problem for pass@k.
     passk_problems: held-out problems (the first ones) sampled for pass@k.
+    keep_checkpoints: keep each run's orbax checkpoints (and RELEX's); by
+      default they are deleted once the run is measured (a SmolLM2 run
+      keeps 4 checkpoints with optimizer state, about 6 GB).
 
   Returns:
     {'base': base greedy accuracy, 'methods': summarize(...), 'runs': [...],
@@ -318,6 +323,9 @@ def run_study(base: ml_collections.ConfigDict, *, workdir: str, seeds: Sequence[
                               with_relex="relex" in methods, passk_samples=passk_samples,
                               passk_problems=passk_problems)
         _save(path, produced)
+        if not keep_checkpoints:
+          shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
+          shutil.rmtree(os.path.join(run_dir, "relex", "checkpoints"), ignore_errors=True)
       results += produced
       base_eval = base_eval or os.path.join(run_dir, "eval_before.json")
   with open(base_eval) as f:
@@ -348,7 +356,8 @@ def main(argv: Sequence[str]) -> None:
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   study = run_study(FLAGS.config, workdir=FLAGS.workdir, seeds=seeds, methods=FLAGS.methods,
-                    passk_samples=FLAGS.passk_samples, passk_problems=FLAGS.passk_problems)
+                    passk_samples=FLAGS.passk_samples, passk_problems=FLAGS.passk_problems,
+                    keep_checkpoints=FLAGS.keep_checkpoints)
   table = study["methods"]
   print(study["table"], flush=True)
   print(json.dumps({"methods": {m: {k: table[m][k] for k in ("mean", "std", "seeds")}

@@ -87,6 +87,8 @@ def test_tiny_study_end_to_end(tmp_path):
              for m in ("grpo", "delta", "scrl", "delta_scrl") for s in (0, 1)}
   assert befores == {result["base"]}
   assert os.path.getsize(os.path.join(workdir, "study.png")) > 1000
+  assert not os.path.exists(os.path.join(workdir, "grpo_s0", "checkpoints"))
+  assert not os.path.exists(os.path.join(workdir, "grpo_s0", "relex", "checkpoints"))
   assert open(os.path.join(workdir, "study.md")).read().strip() == result["table"]
   again = study.run_study(c, workdir=workdir, seeds=[0, 1], methods=list(study.METHODS),
                           passk_samples=2, passk_problems=4)
