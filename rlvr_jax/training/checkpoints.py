@@ -118,8 +118,8 @@ def restore_item(directory: str, item: str, step: int | None = None,
       layout, for example by several processes.
 
   Returns:
-    The item: a pure dict of arrays, the optimizer state as nested
-    containers, or the meta dict.
+    The item (in the target's structure when one is given; nested dicts and
+    containers otherwise), or the meta dict.
   """
   if item not in _ITEMS:
     raise ValueError(f"item={item!r}: choose one of {_ITEMS}.")
@@ -151,9 +151,11 @@ def restore_params(directory: str, step: int | None = None, target: Any = None) 
   Args:
     directory: a run's workdir or its `checkpoints/` folder.
     step: the step to read; None = the latest.
-    target: optional tree of arrays giving shapes, dtypes and shardings.
+    target: optional tree of arrays giving shapes, dtypes and shardings; it
+      must have the saved tree's structure (the trainer saves the model's
+      Param state, each Variable as {'value': array}).
 
   Returns:
-    The params pure dict.
+    The params, in the target's structure (nested dicts without a target).
   """
   return restore_item(directory, "params", step, target)
