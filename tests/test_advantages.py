@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rlvr_jax.algorithms import advantages
+from rlvr_jax.training import credit
 
 pytestmark = pytest.mark.usefixtures("strict_rank")
 
@@ -195,3 +196,22 @@ def test_registry():
   assert advantages.get_estimator("rloo") is advantages.rloo
   with pytest.raises(ValueError, match=r"advantage='ppo'.*dr_grpo.*grpo"):
     advantages.get_estimator("ppo")
+
+
+def test_select_groups_takes_groups_with_signal_first():
+  # 4 groups of 2 rows, T = 2. Group 0: all zero; group 1: a nonzero
+  # advantage under the mask; group 2: nonzero only where masked out (no
+  # signal); group 3: signal.
+  adv = np.array([[0, 0], [0, 0], [0.5, 0.5], [-0.5, 0], [0, 3], [0, 3],
+                  [-1, -1], [1, 1]], np.float32)
+  mask = np.array([[1, 1], [1, 0], [1, 1], [1, 0], [1, 0], [1, 0],
+                   [1, 1], [1, 1]], np.float32)
+  rows, valid, with_signal = credit.select_groups(adv, mask, group_size=2, num_groups=3)
+  np.testing.assert_array_equal(rows, [2, 3, 6, 7, 0, 1])
+  np.testing.assert_array_equal(valid, [True, True, True, True, False, False])
+  assert with_signal == 2
+  rows, valid, _ = credit.select_groups(adv, mask, group_size=2, num_groups=1)
+  np.testing.assert_array_equal(rows, [2, 3])
+  np.testing.assert_array_equal(valid, [True, True])
+  with pytest.raises(ValueError, match="do not make 5 groups"):
+    credit.select_groups(adv, mask, group_size=2, num_groups=5)

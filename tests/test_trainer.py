@@ -45,6 +45,12 @@ def test_tiny_run_writes_every_output(run_dir):
     assert np.isfinite(r["policy/loss"]) and r["train/skipped"] == 0.0
     assert 0.0 <= r["reward/accuracy"] <= 1.0
   assert os.path.getsize(os.path.join(workdir, "reward_curve.png")) > 1000
+  for name, key in (("eval_before.json", "accuracy_before"), ("eval_after.json", "accuracy_after")):
+    evaluation = json.load(open(os.path.join(workdir, name)))
+    correct = [p["correct"] for p in evaluation["problems"]]
+    assert len(correct) == 8 and evaluation["correct"] == correct
+    assert evaluation["accuracy"] == summary[key] == np.mean(correct)
+    assert all(isinstance(p["response"], str) and p["answer"] for p in evaluation["problems"])
   # Dense window 0..8 kept, then save_every=5 with keep=1 -> 10.
   steps = checkpoints.Checkpointer(workdir, save_every=5, keep=1, dense_window=8).all_steps()
   assert steps == list(range(9)) + [10]
@@ -90,6 +96,8 @@ def test_resume_gives_the_same_parameters(tmp_path):
     ("algo.loss_agg", "mean", "--config.algo.loss_agg='mean'"),
     ("rl.micro_batches", 3, "--config.rl.micro_batches=3"),
     ("rl.temperature", 0.0, "--config.rl.temperature=0.0"),
+    ("rl.update_groups", 5, "--config.rl.update_groups=5"),
+    ("rl.update_groups", -1, "--config.rl.update_groups=-1"),
     ("data.template", "fancy", "--config.data.template='fancy'"),
 ])
 def test_bad_flags_name_the_flag(path, value, message):
@@ -98,6 +106,30 @@ def test_bad_flags_name_the_flag(path, value, message):
   c[section][key] = value
   with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(".", r"\.")):
     config_checks.validate(c)
+
+
+def test_update_groups_must_split_into_micro_batches():
+  c = tiny.get_config()  # 4 prompts x 4 = 2 mini-batches of 8 rows
+  c.rl.micro_batches = 4
+  config_checks.validate(c)
+  c.rl.update_groups = 1  # 2 mini-batches of 2 rows
+  with pytest.raises(ValueError, match=r"--config\.rl\.micro_batches=4"):
+    config_checks.validate(c)
+
+
+def test_update_groups_run_skips_groups_without_signal(tmp_path):
+  """The random tiny model never answers right: no group has a signal, so
+  the update sees only masked filler rows and leaves the policy loss at 0."""
+  c = _config(2, eval_before=False, eval_after=False)
+  c.rl.update_groups = 2
+  c.rl.mini_batches = 1  # 8 rows over the 8 test devices
+  loop.train_and_evaluate(c, str(tmp_path))
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  train_rows = [r for r in rows if "policy/loss" in r]
+  assert len(train_rows) == 2
+  for r in train_rows:
+    assert r["rollout/groups_with_signal"] == 0 and r["rollout/groups_updated"] == 0
+    assert r["policy/loss"] == 0.0 and r["train/skipped"] == 0.0
 
 
 def test_scrl_needs_an_even_group():

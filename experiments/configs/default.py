@@ -10,26 +10,31 @@ Command line:
   python -m experiments.train --config=experiments/configs/default.py \
       --config.rl.group_size=8 --workdir=runs/g8
 
-Why these values (calibrated on the 2-core CPU, see README):
+Why these values (calibrated on a 2-core CPU, see README):
 - task: basic_arithmetic with 2 terms of 1-2 digits and + - *. The base model
-  answers 41% of the held-out problems right (greedy, 2-shot) and 30% of
-  its samples at temperature 1 (mean over the default run), so a third of
-  the groups of 4 mix right and wrong answers (a group that is all right or
-  all wrong gives no gradient); the format reward below makes more groups
-  mixed early on. Harder variants (4 operators, negatives) leave ~70% of
-  groups all wrong (measured with TRL).
-- a 2-shot prompt whose examples end in a \boxed{} answer, and a format
-  reward of 0.2 for a single clean \boxed{}: the grader reads the boxed
-  answer, and the zero-shot model rarely boxes.
-- lr 2e-5 with AdamW: a 135M model moves too slowly at the 1e-6 of 8B runs
-  in the minutes we have.
-- temperature 1.0, 8 prompts x 4 responses, 12 steps: 384 responses in
-  about 9 minutes of training.
+  answers 46.5% of the held-out problems right (greedy, 1-shot); sampled at
+  temperature 0.7 about a third of the groups of 4 mix right and wrong
+  answers (a group that is all right or all wrong gives no gradient). Harder
+  variants (4 operators, negatives) leave ~70% of groups all wrong (measured
+  with TRL); the subtractions with a negative result here are never right in
+  8 samples (measured), so they only set the ceiling.
+- a 1-shot prompt whose example ends in a \boxed{} answer: the zero-shot
+  model rarely boxes, and the grader reads the box. A second shot adds
+  nothing to the base accuracy (41.0% with 2) and costs 59 prompt tokens
+  that every rollout and update row pays for.
+- no format reward: with 0.2 for a clean box the policy learned to drop the
+  "a + b =" restatement (shorter responses box more reliably) and fell to
+  21% (1-shot, temperature 1).
+- temperature 0.7: at 1.0 only a third of the 1-shot samples were in the
+  format at the first step.
+- 16 prompts x 4 responses sampled, the update on 6 groups, those with a
+  reward spread first (DAPO's dynamic-sampling filter): about 5 groups a
+  step carry a signal, twice the 8 x 4 batch's, for the same update cost.
+- lr 2e-5 with AdamW: 4e-5 broke the model's arithmetic (46.5% -> 29.7%
+  with 8 x 4 batches).
+- 12 steps: the run, with both evaluations, fits 12 minutes on 2 cores.
 
-Measured (README): 41.0% -> 49.6% (+8.6 points, McNemar p = 0.0016) in 12.0
-minutes with the first update at lr 0 and P = 144; with this config (first
-update at full lr, P = 136) 41.0% -> 44.1% (p = 0.37, not significant) in
-10.9 minutes. Not yet calibrated to the +10-point target.
+Measured (README): see "Measured on the development machine".
 """
 
 import ml_collections
@@ -70,17 +75,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.template = "few_shot"  # plain | chat | few_shot (shortest prompt that works).
   c.data.instruction = prompts.BOXED_INSTRUCTION  # Answer-format instruction.
   c.data.system_prompt = ""  # '' = the chat template's default.
-  c.data.few_shot = 2  # Worked examples (chat turns) that show "a + b = c." then the box.
+  c.data.few_shot = 1  # One worked example: "a + b = c." then the box.
 
   c.rl = ml_collections.ConfigDict()
   c.rl.steps = 12  # Rollout iterations.
-  c.rl.prompts_per_batch = 8  # Prompts per rollout batch.
+  c.rl.prompts_per_batch = 16  # Prompts per rollout batch.
   c.rl.group_size = 4  # G responses per prompt.
+  # Groups per update, those with a reward spread first (DAPO's dynamic
+  # sampling filter, no resampling); 0 = update on every group.
+  c.rl.update_groups = 6
   c.rl.mini_batches = 1  # Optimizer steps per rollout batch.
   c.rl.micro_batches = 2  # Gradient-accumulation splits of a mini-batch.
-  c.rl.max_prompt_len = 136  # P: prompts are left-padded to this (2 shots: <= 132).
+  c.rl.max_prompt_len = 80  # P: prompts are left-padded to this (1 shot: <= 73).
   c.rl.max_new_tokens = 32  # T: longest response (answers take ~20).
-  c.rl.temperature = 1.0  # Sampling temperature (also of the log-probs).
+  c.rl.temperature = 0.7  # Sampling temperature (also of the log-probs).
   c.rl.top_p = 1.0  # Nucleus sampling (1 = off).
   c.rl.top_k = 0  # Top-k sampling (0 = off).
   # A response ends at the few-shot template's next question (the model would
@@ -108,7 +116,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.reward = ml_collections.ConfigDict()
   c.reward.checker = "reasoning_gym"  # reasoning_gym | exact | math_verify.
-  c.reward.format_weight = 0.2  # Reward for one clean \boxed{} answer.
+  c.reward.format_weight = 0.0  # Reward for one clean \boxed{} answer (0 = off).
   c.reward.overlong_buffer = 0  # DAPO overlong penalty buffer (0 = off).
   c.reward.mask_truncated = False  # Drop truncated responses from the loss.
   c.reward.timeout_s = 5.0  # Wall-clock limit per math-verify check.

@@ -13,7 +13,11 @@ the seed. It derives from the default run, changed so that
   - 5 methods x 3 seeds fit in 60 minutes on 2 cores: 2 prompts x 4
     responses a step, 10 steps, 96 held-out problems (greedy, one batch)
     shared by every run;
-  - RELEX can fit: steps 1 and 2 (20% of 10) are kept for it.
+  - RELEX can fit: steps 1 and 2 (20% of 10) are kept for it;
+  - the sampling and reward settings are those the study was measured with
+    (2-shot prompt, temperature 1, every group updated, no format reward:
+    its 0.2 then never fired, since responses still held the stop string
+    that the clean-box check rejects).
 """
 
 import ml_collections
@@ -34,6 +38,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rl.steps = 10  # Rollout iterations of each trained run.
   c.rl.prompts_per_batch = 2  # Prompts per rollout batch.
   c.rl.group_size = 4  # SCRL: 2 curriculum + 2 plain responses.
+  c.rl.update_groups = 0  # Update on every group.
+  c.rl.temperature = 1.0  # Sampling temperature.
+  c.data.few_shot = 2  # Worked examples in the prompt.
+  c.reward.format_weight = 0.0  # Correctness only.
   c.rl.micro_batches = 1  # 8 rows fit in one micro-batch.
   c.rl.max_prompt_len = 168  # 2-shot prompts <= 147 tokens, curriculum <= 163.
   c.rl.max_new_tokens = 48  # Two SCRL blocks take about 40 tokens.

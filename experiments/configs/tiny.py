@@ -26,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rl.steps = 3  # Rollout iterations.
   c.rl.prompts_per_batch = 4  # Prompts per rollout batch.
   c.rl.group_size = 4  # Responses per prompt.
+  c.rl.update_groups = 0  # Update on every group.
   c.rl.mini_batches = 2  # Two optimizer steps per rollout batch.
   c.rl.micro_batches = 2  # Two micro-batches per mini-batch.
   c.rl.max_prompt_len = 128  # The chat-templated prompt fits.

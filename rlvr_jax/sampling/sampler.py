@@ -57,9 +57,10 @@ same text can come from other tokenizations, so after generation a host
 pass decodes each response, finds the first stop string in the text, keeps
 the tokens up to and including the one that completes it (the policy is
 trained on exactly the tokens it sampled; a later EOS is dropped) and
-zeroes the masks, log-probs and tokens after it; the text is the decode of
-the kept tokens, so it may run a few characters past the stop string when
-its last token does.
+zeroes the masks, log-probs and tokens after it. The text is the decode of
+the kept tokens cut before the stop string (vLLM's default,
+`include_stop_str_in_output=False`): rewards then grade the answer the model
+gave, not the start of the next question it began to invent.
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ class SampleOutput:
     response_mask: [B, T] float32, the response part of `input_mask`.
     logp: [B, T] float32 log softmax(logits / temperature)[y_t] over the full
       vocabulary (module docstring); 0 where `response_mask` is 0.
-    texts: B decoded responses (special tokens skipped).
+    texts: B decoded responses (special tokens skipped), each cut before its
+      first stop string.
     finish_reasons: B of 'eos', 'stop' or 'length'.
     prompt_len: P.
   """
@@ -639,7 +641,10 @@ class Sampler:
         mask[i, keep:] = False
         finish[i] = _STOP
         ids = ids[:keep]
-      texts.append(decode(ids))
+      text = decode(ids)
+      if keep is not None:  # decode(ids) contains a stop string: cut before the first
+        text = text[:min(i for i in map(text.find, stop_strings) if i >= 0)]
+      texts.append(text)
     return SampleOutput(
         tokens=np.concatenate([prompt_tokens, tokens], axis=1),
         input_mask=np.concatenate([prompt_mask, mask], axis=1),

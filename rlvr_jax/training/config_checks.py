@@ -56,10 +56,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if _get(config, path) < 1:
       _fail(path, _get(config, path), "must be >= 1.")
   c = config
-  rows = c.rl.prompts_per_batch * c.rl.group_size
+  if not 0 <= c.rl.update_groups <= c.rl.prompts_per_batch:
+    _fail("rl.update_groups", c.rl.update_groups,
+          f"must be 0 (update on every group) or in 1..prompts_per_batch="
+          f"{c.rl.prompts_per_batch}.")
+  groups, name = ((c.rl.update_groups, "update_groups") if c.rl.update_groups else
+                  (c.rl.prompts_per_batch, "prompts_per_batch"))
+  rows = groups * c.rl.group_size
   if rows % c.rl.mini_batches:
     _fail("rl.mini_batches", c.rl.mini_batches,
-          f"must divide prompts_per_batch * group_size = {rows}.")
+          f"must divide {name} * group_size = {rows}.")
   if (rows // c.rl.mini_batches) % c.rl.micro_batches:
     _fail("rl.micro_batches", c.rl.micro_batches,
           f"must divide the mini-batch of {rows // c.rl.mini_batches} rows.")

@@ -84,3 +84,40 @@ class OutcomeCredit:
         "response/truncated_frac": float(truncated.mean()),
     }
     return adv.astype(np.float32), loss_mask.astype(np.float32), metrics
+
+
+def select_groups(advantages: np.ndarray, mask: np.ndarray, *, group_size: int,
+                  num_groups: int) -> tuple[np.ndarray, np.ndarray, int]:
+  """The rows of the update batch: groups with a learning signal first (DAPO).
+
+  DAPO's dynamic sampling (Yu et al., 2025, Sec. 3.3) drops the groups whose
+  responses all earn the same reward: their advantages are 0, so they add
+  nothing to the gradient but still cost a forward and backward pass, and
+  they dilute token-mean losses. Here, without resampling, the update takes
+  the first `num_groups` groups that have a nonzero advantage on a loss
+  token; when fewer have one, the batch is filled up to `num_groups` groups
+  with the first of the others, marked invalid (the caller zeroes their
+  mask, so they count in no loss sum or denominator) and kept only so that
+  the update has one shape and compiles once.
+
+  Args:
+    advantages: [B, T] token advantages, the G rows of a group contiguous.
+    mask: [B, T] loss mask.
+    group_size: G.
+    num_groups: groups in the update batch, <= B / G.
+
+  Returns:
+    (rows [num_groups * G] int indices into the B rows, valid [num_groups *
+    G] bool, the number of groups with a signal in the whole batch).
+
+  Raises:
+    ValueError: B is not a multiple of G or has fewer than num_groups groups.
+  """
+  b = advantages.shape[0]
+  if b % group_size or b // group_size < num_groups:
+    raise ValueError(f"{b} rows do not make {num_groups} groups of {group_size}")
+  signal = (np.abs(advantages) * mask).reshape(b // group_size, -1).max(axis=1) > 0
+  order = np.concatenate([np.flatnonzero(signal), np.flatnonzero(~signal)])[:num_groups]
+  rows = (order[:, None] * group_size + np.arange(group_size)).reshape(-1)
+  valid = np.repeat(signal[order], group_size)
+  return rows, valid, int(signal.sum())

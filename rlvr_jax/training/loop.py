@@ -144,7 +144,7 @@ class Trainer:
         kl_estimator=c.algo.kl_estimator, temperature=c.rl.temperature,
         logprob_chunk=c.train.logprob_chunk or None)
     self.prompt_len = self.sampler.prompt_len
-    rows = c.rl.prompts_per_batch * c.rl.group_size
+    rows = (c.rl.update_groups or c.rl.prompts_per_batch) * c.rl.group_size
     self.mini_rows = rows // c.rl.mini_batches
     self.update_fn = step_lib.jit_update_step(
         self.graphdef, optimizer=self.optimizer, prompt_len=self.prompt_len,
@@ -218,6 +218,13 @@ class Trainer:
         "old_logp": np.asarray(out.logp, np.float32),
         "advantages": adv,
     }
+    if c.rl.update_groups:
+      rows, valid, with_signal = credit_lib.select_groups(
+          adv, loss_mask, group_size=c.rl.group_size, num_groups=c.rl.update_groups)
+      batch = {k: v[rows] for k, v in batch.items()}
+      batch["response_mask"] = batch["response_mask"] * valid[:, None]
+      metrics["rollout/groups_with_signal"] = float(with_signal)
+      metrics["rollout/groups_updated"] = float(valid.sum() // c.rl.group_size)
     t0 = time.perf_counter()
     with sharding.use_mesh(self.mesh):
       gbatch = _global(self.mesh, batch)
@@ -242,11 +249,8 @@ class Trainer:
       timings["time/old_stats_s"] = time.perf_counter() - t0
 
       t0 = time.perf_counter()
-      whole = {k: _host(v) for k, v in gbatch.items()}
-      rows = self.mini_rows
       update_metrics = []
-      for i in range(c.rl.mini_batches):
-        mini = _global(self.mesh, {k: v[i * rows:(i + 1) * rows] for k, v in whole.items()})
+      for mini in self._mini_batches(gbatch):
         self.params, self.opt_state, m = self.update_fn(
             self.params, self.rest, self.opt_state, mini)
         update_metrics.append(m)
@@ -262,6 +266,20 @@ class Trainer:
     metrics["time/step_s"] = sum(timings.values())
     metrics["time/tokens_per_s"] = tokens / max(metrics["time/step_s"], 1e-9)
     return metrics
+
+  def _mini_batches(self, gbatch: dict[str, jax.Array]) -> list[dict[str, jax.Array]]:
+    """The rollout batch split into rl.mini_batches row blocks, each batch-sharded.
+
+    One mini-batch is the batch itself (it stays on device); more are cut
+    from the whole batch on the host, since a contiguous row block of a
+    batch-sharded array is not itself evenly sharded.
+    """
+    if self.config.rl.mini_batches == 1:
+      return [gbatch]
+    whole = {k: _host(v) for k, v in gbatch.items()}
+    rows = self.mini_rows
+    return [_global(self.mesh, {k: v[i * rows:(i + 1) * rows] for k, v in whole.items()})
+            for i in range(self.config.rl.mini_batches)]
 
   def _delta_report(self, step: int, coef: jax.Array, gbatch: dict[str, jax.Array]) -> None:
     from rlvr_jax.algorithms import delta_report  # pylint: disable=g-import-not-at-top
@@ -294,6 +312,17 @@ class Trainer:
     logging.info("resumed from step %d", latest)
     return int(meta["step"])
 
+  def _save_evaluation(self, path: str, result: heldout.HeldOutResult) -> None:
+    """Writes a held-out evaluation: accuracy, then per problem its outcome and text."""
+    if not self.is_main:
+      return
+    rows = [{"problem": r["problem"], "answer": r["answer"], "response": text,
+             "correct": float(ok)}
+            for r, text, ok in zip(self.sources.eval, result.responses, result.correct)]
+    with open(path, "w") as f:
+      json.dump({"accuracy": result.accuracy, "correct": result.correct.tolist(),
+                 "problems": rows}, f, indent=1)
+
   def run(self) -> dict[str, Any]:
     """Trains for rl.steps iterations; evaluates before/after; returns a summary."""
     c = self.config
@@ -309,9 +338,7 @@ class Trainer:
         result = self.evaluate("before")
         before = result.correct
         self.writer.write(0, result.metrics("eval"))
-        if self.is_main:
-          with open(before_path, "w") as f:
-            json.dump({"accuracy": result.accuracy, "correct": before.tolist()}, f)
+        self._save_evaluation(before_path, result)
       summary["accuracy_before"] = float(before.mean())
 
     bar = tqdm.trange(start, c.rl.steps, initial=start, total=c.rl.steps, desc="train",
@@ -338,6 +365,7 @@ class Trainer:
     if c.train.eval_after:
       result = self.evaluate("after")
       self.writer.write(c.rl.steps, result.metrics("eval"))
+      self._save_evaluation(os.path.join(self.workdir, "eval_after.json"), result)
       summary["accuracy_after"] = result.accuracy
       if before is not None:
         summary["p_value"] = heldout.mcnemar_exact(before, result.correct)
