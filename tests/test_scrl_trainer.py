@@ -27,6 +27,7 @@ def _config(k):
   c.algo.advantage = "scrl"
   c.algo.scrl_k = k
   c.reward.checker = "exact"
+  c.reward.format_weight = 0.2
   return c
 
 
