@@ -42,6 +42,11 @@ def _fail(path: str, value, why: str) -> None:
   raise ValueError(f"--config.{path}={value!r}: {why}")
 
 
+def update_rows(config: ml_collections.ConfigDict) -> int:
+  """Rows of one rollout batch's update: (update_groups or prompts_per_batch) * G."""
+  return (config.rl.update_groups or config.rl.prompts_per_batch) * config.rl.group_size
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first flag with a bad or incompatible value."""
   for path, choices in _CHOICES.items():
@@ -60,9 +65,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail("rl.update_groups", c.rl.update_groups,
           f"must be 0 (update on every group) or in 1..prompts_per_batch="
           f"{c.rl.prompts_per_batch}.")
-  groups, name = ((c.rl.update_groups, "update_groups") if c.rl.update_groups else
-                  (c.rl.prompts_per_batch, "prompts_per_batch"))
-  rows = groups * c.rl.group_size
+  name = "update_groups" if c.rl.update_groups else "prompts_per_batch"
+  rows = update_rows(c)
   if rows % c.rl.mini_batches:
     _fail("rl.mini_batches", c.rl.mini_batches,
           f"must divide {name} * group_size = {rows}.")

@@ -144,8 +144,7 @@ class Trainer:
         kl_estimator=c.algo.kl_estimator, temperature=c.rl.temperature,
         logprob_chunk=c.train.logprob_chunk or None)
     self.prompt_len = self.sampler.prompt_len
-    rows = (c.rl.update_groups or c.rl.prompts_per_batch) * c.rl.group_size
-    self.mini_rows = rows // c.rl.mini_batches
+    self.mini_rows = config_checks.update_rows(c) // c.rl.mini_batches
     self.update_fn = step_lib.jit_update_step(
         self.graphdef, optimizer=self.optimizer, prompt_len=self.prompt_len,
         num_micro=c.rl.micro_batches, loss_config=self.loss_config)
