@@ -145,7 +145,11 @@ def test_two_processes_train_the_same_parameters(runs):
     # The two-process checkpoint holds the 2-process device layout, so it is
     # read onto the single run's shardings.
     actual = checkpoints.restore_params(multi, step, target=expected)
-    _assert_trees_close(actual, expected, atol=1e-5)
+    # Collectives sum in another order across two processes. Adam divides by
+    # sqrt(v), so a weight whose gradient is near zero turns that float noise
+    # into a visible fraction of a step: 1.5e-5 was seen in 3 of 524288
+    # weights, against steps of lr 1e-3 (the bound is 10% of one step).
+    _assert_trees_close(actual, expected, atol=1e-4)
   moved = max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
               for x, y in zip(jax.tree.leaves(expected), jax.tree.leaves(base)))
   # AdamW steps of lr 1e-3 on a non-zero gradient. Weight decay alone would

@@ -40,6 +40,10 @@ class CharTokenizer:
 
 
 PROMPTS = ["abc", "hello w", "z", "12345678"]  # left-padded from 3, 7, 1, 8 tokens to P
+# Prompts sharing their first 16 tokens (a shared prefix of 16, a multiple of
+# 8), one of them twice: prefilled as the prefix once plus 3 distinct rows.
+PREFIXED = ["the question is abc", "the question is hello", "the question is abc",
+            "the question is 12345678"]
 
 
 @pytest.fixture(scope="module")
@@ -78,27 +82,98 @@ def teacher_forced_logp(model, out, temperature):
   return np.asarray(stats.logp)
 
 
+def greedy_by_full_recomputation(model, prompts, width, new_tokens):
+  """Tokens and mask [B, width + new_tokens]: prompts left-padded, then argmax
+  decoding that re-runs the whole prefix each step (index width - 1 + t
+  predicts token t; later slots are masked placeholders, unseen through
+  causality)."""
+  full = full_logits_fn(model)
+  tokens = np.full((len(prompts), width + new_tokens), EOS, np.int32)
+  mask = np.zeros((len(prompts), width + new_tokens), bool)
+  for i, prompt in enumerate(prompts):
+    ids = CharTokenizer().encode(prompt)
+    tokens[i, width - len(ids):width] = ids
+    mask[i, width - len(ids):width] = True
+  for t in range(new_tokens):
+    tokens[:, width + t] = np.argmax(full(tokens, mask)[:, width - 1 + t], axis=-1)
+    mask[:, width + t] = True
+  return tokens, mask
+
+
 def test_greedy_with_cache_equals_argmax_by_full_recomputation(model, sampler_no_eos):
   out = sampler_no_eos.generate(PROMPTS, key=jax.random.key(0), greedy=True)
-  # Reference: re-run the whole prefix each step; index P - 1 + t predicts
-  # token t (later slots are masked placeholders, unseen through causality).
-  full = full_logits_fn(model)
-  tokens = np.full((len(PROMPTS), P + T), EOS, np.int32)
-  mask = np.zeros((len(PROMPTS), P + T), bool)
-  for i, prompt in enumerate(PROMPTS):
-    ids = CharTokenizer().encode(prompt)
-    tokens[i, P - len(ids):P] = ids
-    mask[i, P - len(ids):P] = True
-  np.testing.assert_array_equal(out.tokens[:, :P], tokens[:, :P])
+  tokens, mask = greedy_by_full_recomputation(model, PROMPTS, P, T)
   np.testing.assert_array_equal(out.input_mask[:, :P], mask[:, :P])
-  for t in range(T):
-    tokens[:, P + t] = np.argmax(full(tokens, mask)[:, P - 1 + t], axis=-1)
-    mask[:, P + t] = True
   np.testing.assert_array_equal(out.tokens, tokens)
   np.testing.assert_array_equal(out.response_mask, np.ones((len(PROMPTS), T)))
   assert out.finish_reasons == ["length"] * len(PROMPTS)
   # Greedy log-probs are at temperature 1.
   np.testing.assert_allclose(out.logp, teacher_forced_logp(model, out, 1.0), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", [
+    dict(qkv_bias=True),  # Qwen2
+    dict(qk_norm=True, tie_word_embeddings=False),  # Qwen3, untied head
+])
+def test_greedy_equals_full_recomputation_for_each_family(family):
+  m = decoder.create_model(tiny(vocab_size=V).replace(num_layers=2, **family), seed=0)
+  # Random biases and norm scales (they start at 0 and 1).
+  state = nnx.state(m, nnx.Param)
+  leaves, treedef = jax.tree.flatten(state)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  nnx.update(m, jax.tree.unflatten(treedef, [
+      a + 0.1 * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)]))
+  s = sampler_lib.Sampler(m, CharTokenizer(), max_prompt_len=24, max_new_tokens=T,
+                          eos_token_ids=())
+  out = s.generate(PREFIXED, key=jax.random.key(0), greedy=True)
+  tokens, _ = greedy_by_full_recomputation(m, PREFIXED, 24, T)
+  np.testing.assert_array_equal(out.tokens, tokens)
+  np.testing.assert_allclose(out.logp, teacher_forced_logp(m, out, 1.0), atol=1e-5)
+
+
+def test_phased_decode_equals_argmax_by_full_recomputation(model):
+  # 64 new tokens decode in 2 phases (a cache of P + 32, then of P + 63).
+  s = sampler_lib.Sampler(model, CharTokenizer(), max_prompt_len=P, max_new_tokens=64,
+                          eos_token_ids=())
+  out = s.generate(PROMPTS, key=jax.random.key(0), greedy=True)
+  tokens, _ = greedy_by_full_recomputation(model, PROMPTS, P, 64)
+  np.testing.assert_array_equal(out.tokens, tokens)
+  np.testing.assert_allclose(out.logp, teacher_forced_logp(model, out, 1.0), atol=1e-5)
+
+
+def test_shared_prefix_and_repeated_prompts_equal_full_recomputation(model):
+  assert sampler_lib._shared_prefix_len([CharTokenizer().encode(p) for p in PREFIXED]) == 16
+  s = sampler_lib.Sampler(model, CharTokenizer(), max_prompt_len=24, max_new_tokens=T,
+                          eos_token_ids=())
+  out = s.generate(PREFIXED, key=jax.random.key(0), greedy=True, num_samples=2)
+  tokens, mask = greedy_by_full_recomputation(model, PREFIXED, 24, T)
+  np.testing.assert_array_equal(out.tokens, np.repeat(tokens, 2, axis=0))
+  np.testing.assert_array_equal(out.input_mask, np.repeat(mask, 2, axis=0))
+  np.testing.assert_allclose(out.logp, teacher_forced_logp(model, out, 1.0), atol=1e-5)
+  sampled = s.generate(PREFIXED, key=jax.random.key(1), temperature=0.7, num_samples=3)
+  np.testing.assert_array_less(np.abs(sampled.logp - teacher_forced_logp(model, sampled, 0.7)),
+                               1e-5)
+  assert len({tuple(r) for r in sampled.tokens[:3, 24:]}) > 1  # one prompt, distinct draws
+
+
+def test_prompt_layout_shared_prefix_and_prefill_rows():
+  rows = [[5, 6, 7, 8, 9], [5, 6, 7, 1]]
+  tokens, mask = sampler_lib._prompt_layout(rows, 3, 6, 2, 0)
+  np.testing.assert_array_equal(tokens, [[5, 6, 0, 7, 8, 9], [5, 6, 0, 0, 7, 1], [0] * 6])
+  np.testing.assert_array_equal(mask, tokens > 0)
+  tokens, _ = sampler_lib._prompt_layout(rows, 2, 6, 0, 0)
+  np.testing.assert_array_equal(tokens, [[0, 5, 6, 7, 8, 9], [0, 0, 5, 6, 7, 1]])
+  # 9 shared tokens round down to 8; a prefix always leaves each row a token.
+  assert sampler_lib._shared_prefix_len([list(range(12)), list(range(9)) + [0]]) == 8
+  assert sampler_lib._shared_prefix_len([list(range(8)), list(range(8))]) == 0
+  assert sampler_lib._shared_prefix_len([list(range(9)), list(range(9))]) == 8
+  # Prefill rows: 32 rows of 8 prompts -> 8; 9 prompts -> 16; 4 batch shards
+  # keep a multiple of 4; an odd row count cannot halve.
+  assert sampler_lib._prefill_rows(8, 32, 1) == 8
+  assert sampler_lib._prefill_rows(9, 32, 1) == 16
+  assert sampler_lib._prefill_rows(1, 8, 4) == 4
+  assert sampler_lib._prefill_rows(3, 6, 1) == 3
+  assert sampler_lib._prefill_rows(2, 7, 1) == 7
 
 
 @pytest.mark.parametrize("top_k, top_p", [(20, 0.9), (0, 0.8)])
@@ -331,6 +406,14 @@ def test_mesh_sharded_batch_equals_single_device(sampler_no_eos):
   # 3 rows on 4 batch shards: padded to 4 inside, 3 returned.
   out = s.generate(PROMPTS[:3], key=jax.random.key(0), greedy=True)
   ref = sampler_no_eos.generate(PROMPTS[:3], key=jax.random.key(0), greedy=True)
+  np.testing.assert_array_equal(out.tokens, ref.tokens)
+  np.testing.assert_allclose(out.logp, ref.logp, atol=1e-5)
+  # A shared prefix (prefilled on one row) and a repeated prompt, sharded.
+  wide = dict(max_prompt_len=24, max_new_tokens=T, eos_token_ids=())
+  out = sampler_lib.Sampler(sharded_model, CharTokenizer(), mesh=mesh, **wide).generate(
+      PREFIXED[:3], key=jax.random.key(0), greedy=True)
+  ref = sampler_lib.Sampler(sampler_no_eos.model, CharTokenizer(), **wide).generate(
+      PREFIXED[:3], key=jax.random.key(0), greedy=True)
   np.testing.assert_array_equal(out.tokens, ref.tokens)
   np.testing.assert_allclose(out.logp, ref.logp, atol=1e-5)
 

@@ -44,9 +44,14 @@ class RMSNorm(nnx.Module):
     self.eps = eps
 
   def __call__(self, x: Array) -> Array:
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return y.astype(x.dtype) * self.scale[...].astype(x.dtype)
+    return rms_norm(x, self.scale[...], self.eps)
+
+
+def rms_norm(x: Array, scale: Array, eps: float) -> Array:
+  """x [..., D] / sqrt(mean(x^2) + eps) in float32, cast back to x's dtype, times scale [D]."""
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return y.astype(x.dtype) * scale.astype(x.dtype)
 
 
 class Embedding(nnx.Module):

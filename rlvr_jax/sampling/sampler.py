@@ -1,32 +1,46 @@
 """Batched generation with a KV cache: one jitted prefill + decode loop.
 
-`Sampler.generate` left-pads the prompts to a width P, runs one jitted
-function (a prefill over the P prompt slots, then a `jax.lax.while_loop` of
-single-token decode steps that exits as soon as every row is done) and
-returns the rollout layout of docs/CONVENTIONS.md: tokens [B, S] with the
-prompt left-padded to P and the response right-padded to T = max_new_tokens
-(S = P + T), input_mask [B, S], response_mask [B, T] (1 up to and including
-EOS), the log-probs [B, T] of the sampled tokens, the decoded texts and the
-finish reasons ('eos', 'stop', 'length').
+`Sampler.generate` runs one jitted function (a prefill of the prompts, then
+`jax.lax.while_loop`s of single-token decode steps that exit as soon as
+every row is done) and returns the rollout layout of docs/CONVENTIONS.md:
+tokens [B, S] with the prompt left-padded to P and the response
+right-padded to T = max_new_tokens (S = P + T), input_mask [B, S],
+response_mask [B, T] (1 up to and including EOS), the log-probs [B, T] of
+the sampled tokens, the decoded texts and the finish reasons ('eos',
+'stop', 'length').
 
 Speed on XLA:CPU. The decoder's own cache path (`Decoder.__call__` with a
 stacked cache [L, B, S, K, Dh] carried through the scan over layers) copies
 the cache and slices the stacked weights at every layer of every step: for
 SmolLM2-135M at B=32 its decode step was ~10x slower than this module's,
 measured side by side (7.8 s vs 0.72 s per step on the shared 2-core
-machine under load). So the forward here reuses the decoder's submodules
-(norms, projections, RoPE, MLP, LM head) wired differently, with the same
-arithmetic:
-  * the layers are a Python loop over per-layer weights (sliced from the
-    stacked parameters once per call, before the loop), so no weight is
-    sliced or copied inside the decode loop;
-  * each layer's cache is its own pair of [B, K, S, Dh] buffers (KV heads
-    before slots, the layout XLA's batched dot reads without a transpose),
-    updated in place at slot `cache_index`.
-Attention is the decoder's (same scale, mask value, f32 softmax), so greedy
-decoding equals argmax decoding by full recomputation token for token, and
-the sampled log-probs equal `rlvr_jax.models.logprobs.response_logprobs` at
-the same temperature (tests/test_sampler.py).
+machine under load). So the forward here has the decoder's arithmetic
+(norms, RoPE, SwiGLU, f32 softmax, LM head) wired for decoding:
+  * the layers are a Python loop over per-layer weights, sliced from the
+    stacked parameters once per call with q/k/v and gate/up side by side
+    (one matmul each), so nothing is sliced or copied inside the loop;
+  * each layer's cache is its own pair of [B, K, S, Dh] buffers, updated in
+    place at slot `cache_index`;
+  * the prefill runs each distinct prompt once (a trainer's group of
+    responses to one prompt shares its cache rows), and the prompts' shared
+    leading tokens (a chat template's system turn, a few-shot preamble)
+    once for the whole batch: in the cache those sit in the first slots of
+    every row and the rest of each prompt is left-padded after them, which
+    attention (masked, positions from the mask) cannot tell from plain left
+    padding;
+  * a decode step reads the whole KV cache, so the steps run in up to 4
+    while loops over a cache that grows between them (as long as the
+    tokens so far, not as the longest response);
+  * a decode step's attention multiplies and sums ([G, Dh] x [Dh, S] per row
+    and KV head is too small for a matmul library), and its matmuls go to
+    Eigen rather than YNNPACK (`_CPU_COMPILER_OPTIONS`).
+Measured on the 2-core EPYC (benchmarks/generation.py, 32 x 128, f32), the
+last four together: 20.27 s -> 17.94 s per call (best of 4, interleaved in
+one process); the shared prefix alone cut the prefill from 2.9 s to 1.9 s.
+Greedy decoding equals argmax decoding by full recomputation token for
+token, and the sampled log-probs equal
+`rlvr_jax.models.logprobs.response_logprobs` at the same temperature
+(tests/test_sampler.py, with shared prefixes, repeated prompts and phases).
 
 Sampling. Let z = logits / temperature. The returned log-prob of a sampled
 token y is log softmax(z)[y] over the full vocabulary: the number the
@@ -88,6 +102,14 @@ _BLOCK = 256  # tokens per block of the two-level inverse-CDF draw
 _TOP_P_CANDIDATES = 64  # tokens tried first for top-p without top-k
 _NO_TOKEN = -2  # fills the stop-sequence window before the first token
 _WILDCARD = -1  # left padding of a stop sequence shorter than the window
+# XLA:CPU sends every matmul to YNNPACK by default; the decode step's skinny
+# [B, D] x [D, F] products, their weights streamed from memory, run faster
+# with Eigen's (30 SwiGLU layers + LM head of SmolLM2 at B = 32: 67 ms vs
+# 97 ms per step), so the sampler keeps YNNPACK for reductions only.
+_PREFIX_MULTIPLE = 8  # shared prefixes are rounded down to this many tokens
+_DECODE_PHASES = 4  # at most this many decode while loops, each over a longer cache
+_PHASE_MIN_STEPS = 32  # and at least this many steps in each
+_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +151,7 @@ class _LoopConfig:
   use_top_p: bool
   eos_token_ids: tuple[int, ...]
   pad_token_id: int
+  prefix_len: int = 0
 
 
 # ---------------------------------------------------------------------------
@@ -137,6 +160,12 @@ class _LoopConfig:
 
 def _attend(q: Array, keys: Array, values: Array, mask: Array) -> Array:
   """Grouped-query attention of q over keys/values (the decoder's arithmetic).
+
+  A decode step (T = 1) multiplies and sums instead of calling a batched
+  matmul: per (row, kv head) the products are [G, Dh] x [Dh, S] with G = N / K
+  query heads, too small for a matmul library, and XLA:CPU's fused
+  multiply-reduce streams each cache once (the step reads the whole KV cache
+  and is bound by memory bandwidth).
 
   Args:
     q: [B, T, N, Dh] queries after RoPE.
@@ -150,72 +179,116 @@ def _attend(q: Array, keys: Array, values: Array, mask: Array) -> Array:
   b, t, n, dh = q.shape
   k = keys.shape[1]
   q = q.reshape(b, t, k, n // k, dh)
-  scores = jnp.einsum("btkgh,bksh->bkgts", q, keys.astype(q.dtype)) * (dh ** -0.5)
-  scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32),
+  keys, values = keys.astype(q.dtype), values.astype(q.dtype)
+  if t == 1:
+    scores = jnp.sum(q[:, 0, :, :, None, :] * keys[:, :, None], axis=-1)[:, :, :, None]
+  else:
+    scores = jnp.einsum("btkgh,bksh->bkgts", q, keys)
+  scores = jnp.where(mask[:, None, None], (scores * dh ** -0.5).astype(jnp.float32),
                      decoder_lib._MASK_VALUE)  # pylint: disable=protected-access
-  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-  out = jnp.einsum("bkgts,bksh->bkgth", probs, values.astype(q.dtype))
+  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)  # [B, K, G, T, S]
+  if t == 1:
+    out = jnp.sum(probs[:, :, :, 0, :, None] * values[:, :, None], axis=-2)[:, :, :, None]
+  else:
+    out = jnp.einsum("bkgts,bksh->bkgth", probs, values)
   return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n * dh)
 
 
-def _block(block: decoder_lib.Block, x: Array, positions: Array, mask: Array,
+def _decode_weights(model: decoder_lib.Decoder) -> tuple[list[dict[str, Array]], Array]:
+  """Per-layer weights for decoding, and the LM head as a [D, V] matrix.
+
+  Sliced from the stacked [L, ...] parameters and cast to the compute dtype
+  once per generation call, so nothing is sliced, cast or transposed inside
+  the decode loop. Per layer: "qkv" [D, (N + 2K) Dh] (the q, k and v kernels
+  side by side: one matmul), "qkv_bias" [(N + 2K) Dh] or absent, "o"
+  [N Dh, D], "gate_up" [D, 2F] (gate then up: one matmul), "down" [F, D],
+  "attn_norm" and "mlp_norm" [D], "q_norm" and "k_norm" [Dh] or absent.
+  """
+  c = model.config
+  dtype = jnp.dtype(c.dtype)
+  attn, mlp = model.layers.attn, model.layers.mlp
+  flat = lambda kernel: kernel[...].reshape(c.num_layers, c.hidden_size, -1)
+  stacked = {
+      "qkv": jnp.concatenate([flat(attn.q.kernel), flat(attn.k.kernel), flat(attn.v.kernel)],
+                             axis=-1),
+      "o": attn.o.kernel[...].reshape(c.num_layers, -1, c.hidden_size),
+      "gate_up": jnp.concatenate([mlp.gate.kernel[...], mlp.up.kernel[...]], axis=-1),
+      "down": mlp.down.kernel[...],
+      "attn_norm": model.layers.attn_norm.scale[...],
+      "mlp_norm": model.layers.mlp_norm.scale[...],
+  }
+  if attn.q.bias is not None:
+    stacked["qkv_bias"] = jnp.concatenate(
+        [b[...].reshape(c.num_layers, -1) for b in (attn.q.bias, attn.k.bias, attn.v.bias)],
+        axis=-1)
+  if attn.q_norm is not None:
+    stacked["q_norm"], stacked["k_norm"] = attn.q_norm.scale[...], attn.k_norm.scale[...]
+  layers = [{name: w[i].astype(dtype) for name, w in stacked.items()}
+            for i in range(c.num_layers)]
+  head = (model.embed.embedding[...].T if model.lm_head is None
+          else model.lm_head.kernel[...])
+  return layers, head.astype(dtype)
+
+
+def _layer(w: dict[str, Array], x: Array, rope: tuple[Array, Array, float], mask: Array,
            cache: tuple[Array, Array], cache_index: Array | int, *,
-           prefill: bool) -> tuple[Array, tuple[Array, Array]]:
-  """`decoder.Block` reading and writing one layer's cache.
+           config: Any) -> tuple[Array, tuple[Array, Array]]:
+  """`decoder.Block` on one layer's `_decode_weights`, reading and writing its cache.
 
   Args:
-    block: the layer's Block (unstacked weights).
+    w: the layer's weights (`_decode_weights`).
     x: [B, T, D] residual stream.
-    positions: [B, T] RoPE positions.
-    mask: [B, T, T] when prefill (keys are this call's tokens), else
-      [B, T, S] (keys are the cache after writing this call's tokens).
+    rope: RoPE's positions [B, T], inverse frequencies [Dh/2] and position
+      scale (the same arrays for every layer, so XLA computes cos / sin once).
+    mask: [B, T, S], True where query t may attend to cache slot s (the
+      cache after writing this call's keys).
     cache: this layer's (keys, values), each [B, K, S, Dh].
     cache_index: cache slot of x[:, 0].
-    prefill: attend over this call's keys only.
+    config: the model config.
 
   Returns:
     The new residual stream [B, T, D] and the updated cache.
   """
-  attn = block.attn
-  h = block.attn_norm(x)
-  q, k, v = attn.q(h), attn.k(h), attn.v(h)
-  if attn.q_norm is not None:
-    q, k = attn.q_norm(q), attn.k_norm(k)
-  inv_freq = attn.inv_freq[...]
-  q = decoder_lib.apply_rope(q, positions, inv_freq, attn.position_scale)
-  k = decoder_lib.apply_rope(k, positions, inv_freq, attn.position_scale)
+  c = config
+  b, t, _ = x.shape
+  n_q, n_kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+  h = decoder_lib.rms_norm(x, w["attn_norm"], c.rms_norm_eps)
+  qkv = h @ w["qkv"]
+  if "qkv_bias" in w:
+    qkv = qkv + w["qkv_bias"]
+  q = qkv[..., :n_q].reshape(b, t, c.num_heads, c.head_dim)
+  k = qkv[..., n_q:n_q + n_kv].reshape(b, t, c.num_kv_heads, c.head_dim)
+  v = qkv[..., n_q + n_kv:].reshape(b, t, c.num_kv_heads, c.head_dim)
+  if "q_norm" in w:
+    q = decoder_lib.rms_norm(q, w["q_norm"], c.rms_norm_eps)
+    k = decoder_lib.rms_norm(k, w["k_norm"], c.rms_norm_eps)
+  positions, inv_freq, position_scale = rope
+  q = decoder_lib.apply_rope(q, positions, inv_freq, position_scale)
+  k = decoder_lib.apply_rope(k, positions, inv_freq, position_scale)
   k_cache, v_cache = cache
   k = k.swapaxes(1, 2).astype(k_cache.dtype)  # [B, K, T, Dh]
   v = v.swapaxes(1, 2).astype(v_cache.dtype)
   k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k, cache_index, axis=2)
   v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v, cache_index, axis=2)
-  keys, values = (k, v) if prefill else (k_cache, v_cache)
-  out = _attend(q, keys, values, mask)
-  # The o-projection as one [N * Dh, D] matmul: with `attn.o`'s einsum XLA
-  # transposes the kernel at every step.
-  w_o = attn.o.kernel[...]
-  x = x + out @ w_o.reshape(-1, w_o.shape[-1]).astype(out.dtype)
-  x = x + block.mlp(block.mlp_norm(x))
+  x = x + _attend(q, k_cache, v_cache, mask) @ w["o"]
+  h = decoder_lib.rms_norm(x, w["mlp_norm"], c.rms_norm_eps)
+  gate, up = jnp.split(h @ w["gate_up"], 2, axis=-1)
+  x = x + (jax.nn.silu(gate) * up) @ w["down"]
   return sharding.constrain(x, ("batch", None, None)), (k_cache, v_cache)
 
 
-def _unstack_layers(model: decoder_lib.Decoder) -> list[decoder_lib.Block]:
-  """The L blocks of `model.layers` as separate modules (weights sliced once)."""
-  graphdef, state = nnx.split(model.layers)
-  return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state))
-          for i in range(model.config.num_layers)]
-
-
-def _forward(model: decoder_lib.Decoder, blocks: list[decoder_lib.Block], tokens: Array,
+def _forward(model: decoder_lib.Decoder, layers: list[dict[str, Array]], tokens: Array,
              positions: Array, mask: Array, caches: list[tuple[Array, Array]],
-             cache_index: Array | int, *, prefill: bool
-             ) -> tuple[Array, list[tuple[Array, Array]]]:
+             cache_index: Array | int) -> tuple[Array, list[tuple[Array, Array]]]:
   """Final hidden states [B, T, D] of tokens [B, T], and the updated caches."""
-  x = model.embed(tokens).astype(jnp.dtype(model.config.dtype))
+  c = model.config
+  attn = model.layers.attn
+  rope = (positions, attn.inv_freq[...][0], attn.position_scale)
+  x = model.embed(tokens).astype(jnp.dtype(c.dtype))
   x = sharding.constrain(x, ("batch", None, None))
   new_caches = []
-  for block, cache in zip(blocks, caches):
-    x, cache = _block(block, x, positions, mask, cache, cache_index, prefill=prefill)
+  for w, cache in zip(layers, caches):
+    x, cache = _layer(w, x, rope, mask, cache, cache_index, config=c)
     new_caches.append(cache)
   return model.final_norm(x), new_caches
 
@@ -323,16 +396,20 @@ def _sample(logits: Array, key: Array, *, temperature: Array, top_p: Array,
 
 
 def _generate(graphdef: nnx.GraphDef, params: Any, rest: Any, prompt_tokens: Array,
-              prompt_mask: Array, row_valid: Array, key: Array, temperature: Array,
-              top_p: Array, stop_seqs: Array, *, cfg: _LoopConfig) -> dict[str, Array]:
-  """Prefill + decode loop (jitted by `Sampler`).
+              prompt_mask: Array, source: Array, row_valid: Array, key: Array,
+              temperature: Array, top_p: Array, stop_seqs: Array, *,
+              cfg: _LoopConfig) -> dict[str, Array]:
+  """Prefill of the distinct prompts + decode loop of every row (jitted by `Sampler`).
 
   Args:
     graphdef: the decoder's graph (bound by `Sampler`).
     params: pure dict of the decoder's nnx.Param values.
     rest: pure dict of the decoder's other state (RoPE frequencies).
-    prompt_tokens: [B, P] int32, left-padded.
-    prompt_mask: [B, P] bool.
+    prompt_tokens: [U, P] int32, the distinct prompts: their shared prefix
+      in the first cfg.prefix_len slots, the rest of each left-padded to the
+      end (`_prompt_layout`).
+    prompt_mask: [U, P] bool.
+    source: [B] int32, the prompt row of each output row.
     row_valid: [B] bool; False rows (batch padding) are done from the start.
     key: PRNG key; response token t is drawn with fold_in(key, t).
     temperature: scalar float32.
@@ -347,21 +424,39 @@ def _generate(graphdef: nnx.GraphDef, params: Any, rest: Any, prompt_tokens: Arr
   """
   model = nnx.merge(graphdef, params, rest)
   c = model.config
-  b, p = prompt_tokens.shape
+  u, p = prompt_tokens.shape
+  b = source.shape[0]
   t_max = cfg.max_new_tokens
-  s = p + t_max
-  blocks = _unstack_layers(model)
+  layers, head = _decode_weights(model)
   cache_axes = ("batch", "kv_heads", None, "head_dim")
-  caches = [tuple(sharding.constrain(jnp.zeros((b, c.num_kv_heads, s, c.head_dim),
-                                               jnp.dtype(c.dtype)), cache_axes)
-                  for _ in range(2)) for _ in range(c.num_layers)]
 
-  # Prefill: attention over the P prompt slots only; logits of the last one.
+  # Prefill. The first cfg.prefix_len slots hold the prompts' shared prefix
+  # (the same tokens at the same positions in every row): it runs once, on
+  # one row, and every prompt's cache starts from a copy of its keys and
+  # values. Then the U distinct prompts' remaining slots run, attending over
+  # the prefix and causally over themselves.
+  n = cfg.prefix_len
+  empty = lambda rows, slots: jnp.zeros((rows, c.num_kv_heads, slots, c.head_dim),
+                                        jnp.dtype(c.dtype))
   positions = decoder_lib.positions_from_mask(prompt_mask)
-  causal = jnp.tril(jnp.ones((p, p), bool))
-  hidden, caches = _forward(model, blocks, prompt_tokens, positions,
-                            causal[None] & prompt_mask[:, None, :], caches, 0, prefill=True)
-  logits = model.logits(hidden[:, -1])
+  caches = [(empty(u, p), empty(u, p))] * c.num_layers
+  if n:
+    causal = jnp.tril(jnp.ones((1, n, n), bool))
+    _, prefix = _forward(model, layers, prompt_tokens[:1, :n], positions[:1, :n], causal,
+                         [(empty(1, n), empty(1, n))] * c.num_layers, 0)
+    rows = lambda a: jnp.concatenate(
+        [jnp.broadcast_to(a, (u, *a.shape[1:])), empty(u, p - n)], axis=2)
+    caches = [(rows(k), rows(v)) for k, v in prefix]
+  query_slots = n + jnp.arange(p - n)
+  mask = (jnp.arange(p)[None, :] <= query_slots[:, None])[None] & prompt_mask[:, None, :]
+  hidden, prompt_caches = _forward(model, layers, prompt_tokens[:, n:], positions[:, n:], mask,
+                                   caches, n)
+
+  # Each row copies its prompt's cache and the logits of its last slot.
+  logits = jnp.take((hidden[:, -1] @ head).astype(jnp.float32), source, axis=0)
+  caches = [(jnp.take(k, source, axis=0), jnp.take(v, source, axis=0))
+            for k, v in prompt_caches]
+  prompt_mask = jnp.take(prompt_mask, source, axis=0)
 
   eos_ids = jnp.asarray(cfg.eos_token_ids or (_NO_TOKEN,), jnp.int32)
   n_stop = stop_seqs.shape[0]
@@ -403,23 +498,76 @@ def _generate(graphdef: nnx.GraphDef, params: Any, rest: Any, prompt_tokens: Arr
   state = record(state, 0, token, logp)
 
   n_prompt = jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32)
-  prompt_slots = jnp.pad(prompt_mask, ((0, 0), (0, t_max)))  # [B, S]
-  slots = jnp.arange(s)
 
   def body(state):
     t = state["t"]
     slot = p + t - 1  # cache slot of response token t - 1, fed now
-    valid = prompt_slots | ((slots >= p) & (slots <= slot))[None]
+    size = state["caches"][0][0].shape[2]
+    slots = jnp.arange(size)
+    valid = jnp.pad(prompt_mask, ((0, 0), (0, size - p))) | ((slots >= p) & (slots <= slot))[None]
     hidden, caches = _forward(
-        model, blocks, state["last"][:, None], (n_prompt + t - 1)[:, None],
-        valid[:, None, :], state["caches"], slot, prefill=False)
-    token, logp = sample(model.logits(hidden[:, 0]), jax.random.fold_in(key, t))
+        model, layers, state["last"][:, None], (n_prompt + t - 1)[:, None],
+        valid[:, None, :], state["caches"], slot)
+    token, logp = sample((hidden[:, 0] @ head).astype(jnp.float32),
+                         jax.random.fold_in(key, t))
     state = record(dict(state, caches=caches), t, token, logp)
     return dict(state, t=t + 1)
 
-  state = jax.lax.while_loop(
-      lambda state: (state["t"] < t_max) & ~jnp.all(state["done"]), body, state)
+  # The decode steps t = 1 .. T - 1 run in phases of >= 32 steps, at most 4,
+  # each a while loop over a cache just long enough for its steps (the cache
+  # grows between phases): a step reads its whole cache, so at T = 128 this
+  # cuts the cache read per step by a quarter (module docstring).
+  phases = max(1, min(_DECODE_PHASES, t_max // _PHASE_MIN_STEPS))
+  for j in range(phases):
+    t_end = 1 + -(-(t_max - 1) * (j + 1) // phases)
+    grow = lambda a, t_end=t_end: sharding.constrain(
+        jnp.pad(a, ((0, 0), (0, 0), (0, p + t_end - 1 - a.shape[2]), (0, 0))), cache_axes)
+    state["caches"] = [(grow(k), grow(v)) for k, v in state["caches"]]
+    state = jax.lax.while_loop(
+        lambda state, t_end=t_end: (state["t"] < t_end) & ~jnp.all(state["done"]), body, state)
   return {name: state[name] for name in ("tokens", "logp", "mask", "finish")}
+
+
+def _shared_prefix_len(rows: Sequence[Sequence[int]]) -> int:
+  """Leading tokens common to every row, rounded down to a multiple of 8.
+
+  Each row keeps at least one token after the prefix (its last prompt slot
+  gives the first response token's logits). The rounding bounds the
+  compilations: a chat template's or a few-shot prompt's fixed preamble
+  gives the same length for every batch.
+  """
+  n = 0
+  while n < min(len(r) for r in rows) - 1 and all(r[n] == rows[0][n] for r in rows):
+    n += 1
+  return n // _PREFIX_MULTIPLE * _PREFIX_MULTIPLE
+
+
+def _prompt_layout(rows: Sequence[Sequence[int]], num_rows: int, width: int, prefix_len: int,
+                   pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Prompt tokens and mask [num_rows, width]: each row's first prefix_len
+  tokens in the first slots, the rest left-padded to the end (prefix_len = 0:
+  plain left padding); rows after len(rows) are padding."""
+  tokens = np.full((num_rows, width), pad_id, np.int32)
+  mask = np.zeros((num_rows, width), bool)
+  for i, row in enumerate(rows):
+    tokens[i, :prefix_len] = row[:prefix_len]
+    tokens[i, width - len(row) + prefix_len:] = row[prefix_len:]
+    mask[i, :prefix_len] = True
+    mask[i, width - len(row) + prefix_len:] = True
+  return tokens, mask
+
+
+def _prefill_rows(distinct: int, rows: int, shards: int) -> int:
+  """U, the prefill rows for `distinct` prompts among `rows` (a multiple of `shards`).
+
+  rows / 2^k for the largest k that still holds them and stays a multiple of
+  `shards`: a trainer's batches (prompts x group, every prompt repeated) all
+  compile to the same U, and padding wastes less than half of U.
+  """
+  u = rows
+  while u % 2 == 0 and (u // 2) % shards == 0 and u // 2 >= distinct:
+    u //= 2
+  return u
 
 
 @functools.lru_cache(maxsize=None)
@@ -434,8 +582,10 @@ def _jitted_generate(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh | None) -> 
   if mesh is not None:
     out_shardings = {name: sharding.batch_sharding(mesh, ndim) for name, ndim in
                      (("tokens", 2), ("logp", 2), ("mask", 2), ("finish", 1))}
+  platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
   return jax.jit(functools.partial(_generate, graphdef), static_argnames=("cfg",),
-                 out_shardings=out_shardings)
+                 out_shardings=out_shardings,
+                 compiler_options=_CPU_COMPILER_OPTIONS if platform == "cpu" else None)
 
 
 # ---------------------------------------------------------------------------
@@ -471,10 +621,11 @@ class Sampler:
   """KV-cache sampler bound to a model, a tokenizer and the response width.
 
   The jitted function is built once per model architecture and mesh and
-  compiled once per (B, P, sampling mode, stop-sequence shape). The
-  parameters are arguments of the jitted function, not constants: each call
-  reads the model's current parameters (or takes `params`), so a trainer
-  calls `generate` after every update without recompiling.
+  compiled once per (B, P, distinct-prompt rows U, shared-prefix length,
+  sampling mode, stop-sequence shape). The parameters are arguments of the
+  jitted function, not constants: each call reads the model's current
+  parameters (or takes `params`), so a trainer calls `generate` after every
+  update without recompiling.
 
   Example:
     sampler = Sampler(model, tokenizer, max_prompt_len=256, max_new_tokens=512)
@@ -595,19 +746,23 @@ class Sampler:
     if self.mesh is not None:
       shards = int(np.prod([self.mesh.shape[a] for a in sharding.BATCH_AXES]))
     b_padded = -(-b // shards) * shards
-    prompt_tokens = np.full((b_padded, p), self.pad_token_id, np.int32)
-    prompt_mask = np.zeros((b_padded, p), bool)
-    for i, row in enumerate(rows):
-      prompt_tokens[i, p - len(row):] = row
-      prompt_mask[i, p - len(row):] = True
-    batch = (prompt_tokens, prompt_mask, np.arange(b_padded) < b)
+    index = {}  # distinct prompt -> its prefill row
+    source = np.zeros((b_padded,), np.int32)
+    source[:b] = [index.setdefault(tuple(r), len(index)) for r in rows]
+    distinct = list(index)
+    prefix_len = _shared_prefix_len(distinct)
+    prompt_tokens, prompt_mask = _prompt_layout(
+        distinct, _prefill_rows(len(distinct), b_padded, shards), p, prefix_len,
+        self.pad_token_id)
+    batch = (prompt_tokens, prompt_mask, source, np.arange(b_padded) < b)
     if self.mesh is not None:
       batch = tuple(jax.device_put(a, sharding.batch_sharding(self.mesh, a.ndim))
                     for a in batch)
     cfg = _LoopConfig(
         max_new_tokens=self.max_new_tokens, greedy=greedy,
         top_k=0 if greedy else int(top_k), use_top_p=not greedy and top_p < 1.0,
-        eos_token_ids=self.eos_token_ids, pad_token_id=self.pad_token_id)
+        eos_token_ids=self.eos_token_ids, pad_token_id=self.pad_token_id,
+        prefix_len=prefix_len)
     _, model_params, rest = nnx.split(self.model, nnx.Param, ...)
     params = model_params if params is None else params
     if isinstance(params, nnx.State):
@@ -622,7 +777,7 @@ class Sampler:
     if jax.process_count() > 1:  # every process gets the whole batch
       out = multihost_utils.process_allgather(out, tiled=True)
     out = {name: np.asarray(value)[:b] for name, value in jax.device_get(out).items()}
-    return self._finish(prompt_tokens[:b], prompt_mask[:b], out, stop_strings)
+    return self._finish(*_prompt_layout(rows, b, p, 0, self.pad_token_id), out, stop_strings)
 
   def _finish(self, prompt_tokens: np.ndarray, prompt_mask: np.ndarray,
               out: dict[str, np.ndarray], stop_strings: Sequence[str]) -> SampleOutput:
