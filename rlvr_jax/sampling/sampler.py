@@ -536,8 +536,9 @@ def _shared_prefix_len(rows: Sequence[Sequence[int]]) -> int:
   compilations: a chat template's or a few-shot prompt's fixed preamble
   gives the same length for every batch.
   """
+  limit = min(len(r) for r in rows) - 1
   n = 0
-  while n < min(len(r) for r in rows) - 1 and all(r[n] == rows[0][n] for r in rows):
+  while n < limit and all(r[n] == rows[0][n] for r in rows):
     n += 1
   return n // _PREFIX_MULTIPLE * _PREFIX_MULTIPLE
 
