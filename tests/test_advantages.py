@@ -63,6 +63,41 @@ def test_grpo_constant_group_is_exactly_zero():
   np.testing.assert_array_equal(got, np.zeros(3))
 
 
+
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo", "gdpo"])
+def test_equal_weighted_rewards_give_exactly_zero(name):
+  # Rewards as format_weight and the overlong penalty make them: a correct
+  # boxed answer with format_weight 0.1 gives 1.1; a wrong boxed answer with
+  # format_weight 0.9 and overlong -0.25 gives 0.9 - 0.25 = 0.65; 1.1 - 0.3 =
+  # 0.8. In float32, 1.1 * 3 / 3 rounds to 1.1 - 1.19e-7, so an unguarded
+  # dr_grpo or rloo returned about +-1e-7 for these groups of equal rewards.
+  rewards = np.array([1.1] * 3 + [0.9 - 0.25] * 3 + [1.1 - 0.3] * 3,
+                     np.float32)
+  got = np.asarray(_run(advantages.get_estimator(name), rewards, group_size=3))
+  np.testing.assert_array_equal(got, np.zeros(9))
+  if name == "gdpo":
+    return  # gdpo whitens over the batch: other groups shift with a signal.
+  # One group with signal keeps its (nonzero) advantages, the others stay 0.
+  rewards[:3] = [1.1, 0.1, 0.1]
+  got = np.asarray(_run(advantages.get_estimator(name), rewards, group_size=3))
+  np.testing.assert_array_equal(got[3:], np.zeros(6))
+  assert np.all(got[:3] != 0)
+
+
+def test_gdpo_per_channel_guard_on_equal_weighted_channel():
+  # Channel 1 (format 0.9 - overlong 0.25 in every row) is constant in both
+  # groups, so only channel 0 (outcome) contributes: a = [1, -1, 1, -1] *
+  # 1/sqrt(2) / (1/sqrt(2) + 1e-6) after the per-group grpo of [1, 0] (mean
+  # 0.5, ddof=1 std 1/sqrt(2)); whitening [a, -a, a, -a] over B = 4 (ddof=1
+  # std of [1, -1, 1, -1] * c is c * 2/sqrt(3)) gives +-sqrt(3)/2 / (1 +
+  # 1e-6 / c) ~ +-0.8660254.
+  rewards = np.array([[1.0, 0.65], [0.0, 0.65], [1.0, 0.65], [0.0, 0.65]],
+                     np.float32)
+  got = np.asarray(_run(advantages.gdpo, rewards, group_size=2,
+                        weights=[1.0, 5.0]))
+  np.testing.assert_allclose(got, np.sqrt(3) / 2 * np.array([1, -1, 1, -1]),
+                             rtol=1e-5)
+
 def test_group_of_one_gives_zero():
   rewards = jnp.array([1.0, 5.0, -2.0])
   for name in ("grpo", "dr_grpo", "rloo"):

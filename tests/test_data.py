@@ -275,6 +275,27 @@ def test_jsonl_gsm8k_malformed_rows_counted_with_lines(tmp_path, caplog):
   assert f"{path}:3: skipped malformed row" in caplog.text
   assert f"{path}: skipped 6 malformed rows, kept 2" in caplog.text
 
+def test_jsonl_huge_integer_and_deep_nesting_rows_skipped(tmp_path):
+  # Python refuses to parse an integer literal of over 4,300 digits
+  # (ValueError, not JSONDecodeError) and json.loads recurses once per
+  # nesting level (RecursionError at ~1,000 levels); both used to abort the
+  # whole load without naming file or line.
+  path = _write_jsonl(tmp_path / "train.jsonl", [
+      {"question": "One?", "answer": "#### 1"},                      # 1
+      b'{"question": "Big?", "answer": "#### 1", "n": ' + b"9" * 4301 + b"}",
+      b'{"question": "Deep?", "answer": "#### 1", "x": ' + b"[" * 1500 +
+      b"]" * 1500 + b"}",                                           # 3
+      b"[" * 1500 + b"]" * 1500,                                    # 4
+      {"question": "Five?", "answer": "#### 5"},                     # 5
+  ])
+  loaded = files.load_records(path, columns="gsm8k")
+  assert [r["answer"] for r in loaded.records] == ["1", "5"]
+  assert [line for line, _ in loaded.skipped] == [2, 3, 4]
+  reasons = dict(loaded.skipped)
+  assert "4300" in reasons[2] and reasons[2].startswith("invalid JSON")
+  assert reasons[3] == reasons[4] == "invalid JSON: nested too deeply"
+
+
 
 @pytest.mark.parametrize("columns,row,expected", [
     ("math",

@@ -191,6 +191,22 @@ def test_kl_hand_values():
       [[math.exp(20) - 31]], rtol=1e-6)
 
 
+def test_k3_value_is_precise_for_small_log_ratios():
+  # k3 ~ delta^2 / 2 (5e-7 at 1e-3); float32 exp(delta) - 1 carries an error
+  # of up to an ulp of 1 (1.2e-7), 4.7% at 1e-3, and expm1(delta) - delta
+  # still 0.1% at 1e-4. Reference: float64 NumPy on
+  # the same float32 deltas, k3 = expm1(d) - d.
+  # The sweep also crosses the switch from the series to expm1 at 0.1.
+  delta = np.array([[1e-3, -1e-3, 1e-4, -1e-4, 3e-4, 0.0999, -0.0999, 0.1,
+                     -0.1, 0.5, -3.0, 19.0]], np.float32)
+  d64 = delta.astype(np.float64)
+  want = np.expm1(d64) - d64
+  logp = jnp.zeros(delta.shape)
+  for fn in (losses.kl_k3, losses.kl_k3_straight_through):
+    got = np.asarray(jax.jit(fn)(logp, jnp.asarray(delta)), np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
 def test_k3_straight_through_gradient_is_k2s():
   rng = np.random.default_rng(0)
   logp = jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)

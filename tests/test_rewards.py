@@ -7,8 +7,11 @@ takes several seconds to start on a loaded machine; the kill path is tested
 with calls that hang or crash on purpose.
 """
 
+import fractions
 import functools
 import os
+import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -16,7 +19,9 @@ import reasoning_gym
 
 from rlvr_jax.rewards import answers
 from rlvr_jax.rewards import math_checker
+from rlvr_jax.rewards import safe_arith
 from rlvr_jax.rewards import scorers
+from rlvr_jax.training import credit
 
 
 @pytest.fixture(scope="module")
@@ -215,13 +220,12 @@ def test_plain_numbers_skip_the_pool_and_a_dead_pool_scores_zero():
 
 
 def test_hung_and_crashed_workers_are_replaced(pool):
-  # countdown's reasoning-gym scorer evaluates the answer with sympy: 9**9**9
-  # is a 370-million-digit power computed in C, which no signal interrupts,
-  # so its worker hangs until the pool kills it.
+  # 9**9**9 is a 370-million-digit power computed in C, which no signal
+  # interrupts, so its worker hangs until the pool kills it.
   countdown = reasoning_gym.create_dataset("countdown", size=1, seed=0)[0]
   check = functools.partial(math_checker.math_verify_item, timeout_s=2)
   scores, reasons = pool.run([
-      (scorers.reasoning_gym_item, ("9**9**9", countdown)),
+      (pow, (9, 9**9)),
       (os._exit, (3,)),
       (check, ("1/2", "0.5")),
       (len, ("not a (score, reason) pair",)),
@@ -409,3 +413,166 @@ def test_reward_function_rejects_bad_configuration(pool):
                                  max_response_len=8)
   with pytest.raises(ValueError, match="source_dataset"):
     rg_fn([{"answer": "1"}], ["a"], np.ones([1]))
+
+
+# ------------------------------------------------------------------- safety
+
+
+def _injections(marker):
+  """Boxed answers that would create `marker` if any checker ran them."""
+  touch = f"__import__('pathlib').Path('{marker}').touch()"
+  return [
+      touch,
+      f"{touch} or 25 * 4",
+      f"(lambda: {touch})()",
+      f"f'{{{touch}}}'",
+      "().__class__.__bases__[0].__subclasses__()",
+      f"[x for x in [{touch}]]",
+      f"exec(\"{touch}\")",
+  ]
+
+
+def test_code_injection_answers_never_run(pool, tmp_path):
+  # Before the fix, reasoning-gym's countdown scorer passed the boxed answer
+  # to sympy.parse_expr (eval) in the worker and created the marker file.
+  countdown = reasoning_gym.create_dataset("countdown", size=1, seed=3)[0]
+  puzzle24 = reasoning_gym.create_dataset("puzzle24", size=1, seed=3)[0]
+  queens = reasoning_gym.create_dataset("n_queens", size=1, seed=3)[0]
+  spiral = reasoning_gym.create_dataset("spiral_matrix", size=1, seed=3)[0]
+  rg_examples = [{"problem": e["question"], "answer": e["answer"],
+                  "metadata": e["metadata"]}
+                 for e in (countdown, puzzle24, queens, spiral)]
+  marker = tmp_path / "pwned"
+  payloads = _injections(marker)
+  checks = [("exact", None, [{"problem": "p", "answer": "100"}]),
+            ("math_verify", pool, [{"problem": "p", "answer": "100"}]),
+            ("reasoning_gym", pool, rg_examples)]
+  for checker, checker_pool, examples in checks:
+    reward_fn = scorers.RewardFunction(checker=checker, pool=checker_pool,
+                                       max_response_len=64)
+    rows = [(e, rf"\boxed{{{p}}}") for e in examples for p in payloads]
+    out = reward_fn([e for e, _ in rows], [r for _, r in rows],
+                    np.ones([len(rows)], np.int32))
+    np.testing.assert_array_equal(out.correct, np.zeros(len(rows)),
+                                  err_msg=checker)
+    assert not marker.exists(), checker
+  # The safe path still gives reasoning-gym's own verdict on real answers:
+  # the reference solution scores 1 (countdown: every number once, value =
+  # target), a wrong value or a missing number does not.
+  reward_fn = scorers.RewardFunction(checker="reasoning_gym", pool=pool,
+                                     max_response_len=64)
+  gold = countdown["answer"]
+  first = str(countdown["metadata"]["numbers"][0])
+  responses = [rf"\boxed{{{gold}}}", rf"\boxed{{({gold}) + 1}}",
+               rf"\boxed{{{first}}}", rf"\boxed{{{queens['answer']}}}"]
+  out = reward_fn([rg_examples[0]] * 3 + [rg_examples[2]], responses,
+                  np.ones([4], np.int32))
+  np.testing.assert_array_equal(out.correct, [1, 0, 0, 1])
+
+
+def test_safe_arith_whitelist_by_hand():
+  # (25 - 5) * 3 / 4 = 20 * 3 / 4 = 15; 0.1 + 0.2 = 3/10 exactly; 05 = 5.
+  assert safe_arith.evaluate("(25 - 5) * 3 / 4") == 15
+  assert safe_arith.evaluate("0.1 + 0.2") == fractions.Fraction(3, 10)
+  assert safe_arith.evaluate("-(05 - 7) / 3") == fractions.Fraction(2, 3)
+  for text in _injections("/tmp/x") + [
+      "2 ** 3", "2 ^ 3", "7 // 2", "'1'", "True + 1", "1 < 2", "1e999",
+      "-" * 600 + "1", "1 +" * 400 + "1"]:
+    with pytest.raises(safe_arith.UnsafeExpressionError):
+      safe_arith.evaluate(text)
+  with pytest.raises(ZeroDivisionError):
+    safe_arith.evaluate("1 / (2 - 2)")
+
+
+def test_refused_reasoning_gym_task_names_the_flag():
+  example = {"problem": "p", "answer": "x**2",
+             "metadata": {"source_dataset": "polynomial_multiplication"}}
+  reward_fn = scorers.RewardFunction(checker="reasoning_gym",
+                                     pool=math_checker.MathChecker(),
+                                     max_response_len=8)
+  with pytest.raises(ValueError, match="polynomial_multiplication.*"
+                     "--config.reward.checker"):
+    reward_fn([example], [r"\boxed{x}"], np.ones([1], np.int32))
+
+
+def test_reasoning_gym_eval_sites_are_all_audited():
+  # Every reasoning-gym file that calls eval/exec/parse_expr/sympify, with
+  # why it is safe here; a new one (another reasoning-gym version) fails.
+  audited = {
+      "games/countdown.py", "games/puzzle24.py",  # safe_arith
+      "algorithmic/binary_matrix.py", "games/n_queens.py",  # eval disabled
+      "algorithmic/spiral_matrix.py", "algorithmic/string_insertion.py",
+      "algebra/simple_integration.py", "algebra/intermediate_integration.py",
+      "algebra/polynomial_multiplication.py",  # refused
+      "algorithmic/number_sorting.py",  # evals the gold answer only
+      "code/codeio.py",  # execs generator code, scores with json
+      "arithmetic/basic_arithmetic.py", "arithmetic/bitwise_arithmetic.py",
+      "arithmetic/gsm_symbolic/generators_00_49.py",
+      "arithmetic/gsm_symbolic/generators_50_99.py",  # generators only
+      "logic/propositional_logic.py",  # its own parser named parse_expr
+  }
+  root = os.path.dirname(reasoning_gym.__file__)
+  pattern = re.compile(r"(?<![\w.])(eval|exec)\(|parse_expr\(|sympify\(")
+  found = set()
+  for directory, _, names in os.walk(root):
+    for name in names:
+      if name.endswith(".py"):
+        path = os.path.join(directory, name)
+        with open(path, encoding="utf-8") as f:
+          if pattern.search(f.read()):
+            found.add(os.path.relpath(path, root))
+  assert found <= audited, sorted(found - audited)
+
+
+def test_workers_cannot_write_files(pool, tmp_path):
+  # RLIMIT_FSIZE = 0 in a warm worker: a write fails (the empty file may be
+  # created, nothing is written), and the worker's cwd is a temporary folder.
+  target = tmp_path / "written"
+  scores, reasons = pool.run([(pathlib.Path.write_text, (target, "data")),
+                              (os.getcwd, ())])
+  assert scores[0] == 0 and "File too large" in reasons[0]
+  assert not target.exists() or target.read_text() == ""
+  assert _category(reasons[1]) == math_checker.ERROR  # cwd is not a pair
+
+
+def test_step_metrics_fractions_for_every_reason():
+  # B = 8 in groups of 4: one correct row, one row per reason category.
+  reasons = [None] + [f"{c}: detail" for c in math_checker.REASON_CATEGORIES]
+  assert len(reasons) == 8
+  out = scorers.RewardOutput(
+      rewards=np.array([1.5, 0, 0, 0, -1, 0, 0, 0.5], np.float32),
+      correct=np.array([1, 0, 0, 0, 0, 0, 0, 0], np.float32),
+      format=np.array([1, 0, 0, 0, 0, 0, 0, 1], np.float32),
+      overlong=np.array([0, 0, 0, 0, -1, 0, 0, 0], np.float32),
+      reasons=reasons)
+  metrics = out.step_metrics(group_size=4)
+  expected = {"reward/mean": 1 / 8,  # (1.5 - 1 + 0.5) / 8
+              "reward/accuracy": 1 / 8, "reward/format_rate": 2 / 8,
+              "reward/overlong_mean": -1 / 8,
+              "reward/groups_mixed": 1 / 2}  # group 0 mixed, group 1 not
+  expected.update({f"reward/reason/{c}": 1 / 8
+                   for c in math_checker.REASON_CATEGORIES})
+  assert metrics == pytest.approx(expected)
+  assert sorted(metrics) == sorted(expected)
+  with pytest.raises(ValueError, match="group_size"):
+    out.step_metrics(group_size=3)
+
+
+def test_outcome_credit_logs_reason_fractions():
+  # Rows: right, wrong, no box, too long (max_answer_chars=3).
+  reward_fn = scorers.RewardFunction(checker="exact", max_response_len=8,
+                                     max_answer_chars=3)
+  oc = credit.OutcomeCredit(estimator="grpo", group_size=2,
+                            render=lambda r: r["problem"],
+                            reward_fn=reward_fn, mask_truncated=False)
+  mask = np.ones([4, 3], np.float32)
+  _, _, metrics = oc.advantages(
+      [{"problem": "p", "answer": "7"}] * 4,
+      [r"\boxed{7}", r"\boxed{8}", "seven", r"\boxed{7777}"],
+      np.zeros([4, 3], np.int32), mask, np.zeros([4], bool))
+  assert metrics["reward/accuracy"] == 0.25
+  assert metrics["reward/reason/wrong"] == 0.25
+  assert metrics["reward/reason/no_answer"] == 0.25
+  assert metrics["reward/reason/too_long"] == 0.25
+  assert metrics["reward/reason/timeout"] == 0.0
+  assert metrics["reward/groups_mixed"] == 0.5

@@ -268,6 +268,10 @@ _B1, _B2, _B3 = "\\boxed{1}", "\\boxed{2}", "\\boxed{3}"
         (f"<p1>{_B1}<p2>{_B2}</p2></p1><p3>{_B3}</p3>", "wrong order"),
         (_blocks(_B1, _B2, _B3, "\\boxed{4}"), "extra block"),
         (_blocks(_B1, _B2, _B3) + "<p1>again</p1>", "extra block"),
+        # Block numbers are strict: <p01> is not <p1>.
+        (f"<p01>{_B1}</p1><p2>{_B2}</p2><p3>{_B3}</p3>", "extra block"),
+        (f"<p1>{_B1}</p01><p2>{_B2}</p2><p3>{_B3}</p3>", "extra block"),
+        (f"<p1>{_B1}</p1><p02>{_B2}</p02><p3>{_B3}</p3>", "extra block"),
         (_blocks(_B1, "2", _B3), "no box"),
         (_blocks(_B1, "\\boxed{}", _B3), "no box"),
         # Truncated responses.

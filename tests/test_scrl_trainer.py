@@ -9,6 +9,8 @@ import pytest
 from experiments.configs import tiny
 from rlvr_jax.models import loader
 from rlvr_jax.models import tokenizer as tokenizer_lib
+from rlvr_jax.rewards import scorers
+from rlvr_jax.training import credit as credit_lib
 from rlvr_jax.training import loop
 from rlvr_jax.training import scrl_credit
 
@@ -73,6 +75,23 @@ def _spans(text, k):
   return spans
 
 
+def _rollout(tokenizer):
+  """RESPONSES as a rollout batch: (token id lists, tokens [8, T], mask
+  [8, T], truncated [8]); row 4 is cut by the length limit."""
+  eos = tokenizer.eos_token_id
+  rows = [tokenizer.encode(t, add_special_tokens=False) + [eos]
+          for t in RESPONSES]
+  rows[4] = rows[4][:-1]  # the truncated response has no EOS
+  T = max(map(len, rows)) + 3
+  tokens = np.full((8, T), tokenizer.pad_token_id, np.int32)
+  mask = np.zeros((8, T), np.float32)
+  for b, ids in enumerate(rows):
+    tokens[b, :len(ids)] = ids
+    mask[b, :len(ids)] = 1.0
+  truncated = np.array([False] * 4 + [True] + [False] * 3)
+  return rows, tokens, mask, truncated
+
+
 @pytest.mark.usefixtures("strict_rank")
 def test_scrl_credit_advantages_by_hand(tokenizer):
   credit = scrl_credit.ScrlCredit(
@@ -86,18 +105,8 @@ def test_scrl_credit_advantages_by_hand(tokenizer):
   assert "<|im_start|>assistant" in prompts[0]  # few_shot -> chat template
   assert [len(e["subproblems"]) for e in examples] == [3] * 4 + [2] * 4
 
-  eos = tokenizer.eos_token_id
-  rows = [tokenizer.encode(t, add_special_tokens=False) + [eos]
-          for t in RESPONSES]
-  rows[4] = rows[4][:-1]  # the truncated response has no EOS
-  T = max(map(len, rows)) + 3
-  tokens = np.full((8, T), tokenizer.pad_token_id, np.int32)
-  mask = np.zeros((8, T), np.float32)
-  for b, ids in enumerate(rows):
-    tokens[b, :len(ids)] = ids
-    mask[b, :len(ids)] = 1.0
-  truncated = np.array([False] * 4 + [True] + [False] * 3)
-
+  rows, tokens, mask, truncated = _rollout(tokenizer)
+  T = tokens.shape[1]
   adv, loss_mask, metrics = credit.advantages(
       examples, RESPONSES, tokens, mask, truncated)
 
@@ -155,6 +164,40 @@ def test_scrl_credit_advantages_by_hand(tokenizer):
       lengths[[0, 1, 4, 5]].mean())
   assert metrics["scrl/response_length/plain"] == pytest.approx(
       lengths[[2, 3, 6, 7]].mean())
+
+
+@pytest.mark.usefixtures("strict_rank")
+def test_scrl_mask_truncated_and_reward_keys_match_grpo(tokenizer):
+  config = _config(3)
+  config.reward.mask_truncated = True
+  credit = scrl_credit.ScrlCredit(
+      config=config, tokenizer=tokenizer, pool=None,
+      render_plain=lambda r: "plain: " + r["problem"])
+  _, examples = credit.prompts(RECORDS)
+  _, tokens, mask, truncated = _rollout(tokenizer)
+  _, loss_mask, metrics = credit.advantages(
+      examples, RESPONSES, tokens, mask, truncated)
+  # Row 4 (truncated) leaves the loss; every other row keeps its mask.
+  want = mask.copy()
+  want[4] = 0.0
+  np.testing.assert_array_equal(loss_mask, want)
+  assert mask[4].sum() > 0
+
+  # SCRL logs the same reward/* keys as the GRPO family (OutcomeCredit).
+  # Plain rows: rows 2, 3, 6, 7 -> correct [1, 0, 1, 1]; row 3 is wrong.
+  assert metrics["reward/reason/wrong"] == pytest.approx(0.25)
+  assert metrics["reward/reason/timeout"] == 0.0
+  assert metrics["reward/groups_mixed"] == pytest.approx(0.5)
+  reward_fn = scorers.RewardFunction(checker="exact", max_response_len=64)
+  outcome = credit_lib.OutcomeCredit(
+      estimator="grpo", group_size=4, render=lambda r: r["problem"],
+      reward_fn=reward_fn, mask_truncated=True)
+  _, _, grpo_metrics = outcome.advantages(
+      examples, RESPONSES, tokens, mask, truncated)
+  def reward_keys(m):
+    return sorted(k for k in m if k.startswith("reward/"))
+  assert reward_keys(metrics) == reward_keys(grpo_metrics)
+  assert "reward/reason/crash" in reward_keys(metrics)
 
 
 def test_tiny_scrl_run_logs_finite_metrics(tmp_path):

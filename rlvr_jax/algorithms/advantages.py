@@ -35,22 +35,32 @@ def _standardize(values: jax.Array) -> jax.Array:
     return jnp.zeros_like(values)
   centred = values - jnp.mean(values)
   std = jnp.std(values, ddof=1)
-  constant = jnp.all(values == values[0])
-  return jnp.where(constant, 0.0, centred / (std + _STD_EPS))
+  return _zero_if_constant(values, centred / (std + _STD_EPS))
+
+
+def _zero_if_constant(values: jax.Array, result: jax.Array) -> jax.Array:
+  """`result`, or exactly 0 everywhere when every value is equal. [N] -> [N].
+
+  The guard every estimator shares: a group of equal rewards carries no
+  signal, but float32 rounding of its mean (1.1 * 3 / 3 != 1.1) would leave
+  an advantage of about 1e-7 that the group filter counts as a signal.
+  """
+  return jnp.where(jnp.all(values == values[0]), 0.0, result)
 
 
 def _center(values: jax.Array) -> jax.Array:
-  """x - mean over the group. [G] -> [G]."""
-  return values - jnp.mean(values)
+  """x - mean over the group; 0 for equal values. [G] -> [G]."""
+  return _zero_if_constant(values, values - jnp.mean(values))
 
 
 def _leave_one_out(values: jax.Array) -> jax.Array:
-  """x_i - mean of the other G - 1 values; 0 for a group of one. [G] -> [G]."""
+  """x_i - mean of the other G - 1 values; 0 for a group of one or of equal
+  values. [G] -> [G]."""
   G = values.shape[0]
   if G == 1:
     return jnp.zeros_like(values)
   others_mean = (jnp.sum(values) - values) / (G - 1)
-  return values - others_mean
+  return _zero_if_constant(values, values - others_mean)
 
 
 def _per_group(
@@ -95,7 +105,8 @@ def grpo(rewards: jax.Array, *, group_size: int) -> jax.Array:
 def dr_grpo(rewards: jax.Array, *, group_size: int) -> jax.Array:
   """Dr. GRPO advantage: reward minus its group mean, no std division.
 
-  A_i = r_i - mean_g r. METHODS.md 1.1 `dr_grpo`.
+  A_i = r_i - mean_g r, exactly 0 for a group whose rewards are all equal.
+  METHODS.md 1.1 `dr_grpo`.
 
   Args:
     rewards: [B] rewards r, groups of `group_size` contiguous rows.
@@ -111,7 +122,8 @@ def rloo(rewards: jax.Array, *, group_size: int) -> jax.Array:
   """REINFORCE leave-one-out advantage.
 
   A_i = r_i - (sum_{j in g, j != i} r_j) / (G - 1), which equals
-  G / (G - 1) * (r_i - mean_g r). A group of size 1 gives A = 0.
+  G / (G - 1) * (r_i - mean_g r). A group of size 1, or whose rewards are
+  all equal, gives exactly A = 0.
   METHODS.md 1.1 `rloo`.
 
   Args:

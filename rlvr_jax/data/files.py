@@ -49,7 +49,8 @@ Presets and the public layouts they read:
   `dapo-math-17k.parquet` repeats each of its ~17k problems many times; the
   rows are kept as they are.
 
-Malformed rows (invalid UTF-8 or JSON, not an object, missing or empty
+Malformed rows (invalid UTF-8 or JSON, including integers over 4,300 digits
+and nesting past the recursion limit, not an object, missing or empty
 problem/answer, failing transform, metadata that is not JSON-serializable) are
 skipped and counted with file and line (parquet: 1-based row number); blank
 JSONL lines are not rows. A file with no usable row raises ValueError naming
@@ -310,8 +311,10 @@ def convert_row(
       record[m.dst] = _as_text(value, m.dst)
   try:
     record["metadata"] = json.loads(json.dumps(record["metadata"]))
-  except (TypeError, ValueError) as e:
-    raise MalformedRowError(f"metadata is not JSON-serializable: {e}") from e
+  except (TypeError, ValueError, RecursionError) as e:
+    raise MalformedRowError(
+        f"metadata is not JSON-serializable: {type(e).__name__}: "
+        f"{e}") from e
   return record
 
 
@@ -344,8 +347,12 @@ def _jsonl_rows(path: str) -> Iterator[tuple[int, Any]]:
         continue
       try:
         yield line, json.loads(text)
-      except json.JSONDecodeError as e:
+      except ValueError as e:
+        # JSONDecodeError, or an integer literal over Python's 4,300-digit
+        # conversion limit.
         yield line, MalformedRowError(f"invalid JSON: {e}")
+      except RecursionError:
+        yield line, MalformedRowError("invalid JSON: nested too deeply")
 
 
 def _parquet_rows(

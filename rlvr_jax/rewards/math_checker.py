@@ -28,12 +28,15 @@ import collections
 import dataclasses
 import functools
 import logging
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Sequence
 
@@ -62,7 +65,11 @@ _WARMUP_PAIRS = (("\\frac{1}{2}", "0.5"), ("2x+1", "1+2x"),
                  ("\\{1,2\\}", "\\{2,1\\}"), ("[1,3)", "[1,3)"),
                  ("1<x<2", "(1,2)"))
 _WORKER_CODE = ("import sys; from rlvr_jax.rewards import math_checker; "
-                "math_checker.run_worker(int(sys.argv[1]))")
+                "math_checker.run_worker(int(sys.argv[1]), "
+                "cpu_s=int(sys.argv[2]), memory_bytes=int(sys.argv[3]))")
+# Open files a worker may hold once warm (its socket, std streams and lazy
+# imports need far fewer).
+_MAX_OPEN_FILES = 64
 # The directory that holds the rlvr_jax package, put on the workers' path so
 # that they import the same code as the trainer.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -149,23 +156,76 @@ def math_verify_item(gold: str, pred: str, *,
   return 0.0, f"{WRONG}: not equivalent"
 
 
-def run_worker(fd: int) -> None:
+def _limit_resources(memory_bytes: int) -> None:
+  """Least privilege for a warm worker, where the platform has `resource`.
+
+  RLIMIT_FSIZE = 0: no write into any file (SIGXFSZ is ignored, so a write
+  fails with an OSError instead of killing the worker); RLIMIT_NOFILE =
+  `_MAX_OPEN_FILES`; RLIMIT_AS = `memory_bytes` (0 leaves it unset). Set
+  after the warm-up, so that a warm-up failure can still print its traceback
+  to a log file. Limits only ever go down; a hard limit below the wanted one
+  is kept.
+  """
+  try:
+    import resource  # pylint: disable=g-import-not-at-top
+    import signal  # pylint: disable=g-import-not-at-top
+  except ImportError:  # not a Unix platform
+    return
+  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+  limits = [(resource.RLIMIT_FSIZE, 0),
+            (resource.RLIMIT_NOFILE, _MAX_OPEN_FILES)]
+  if memory_bytes > 0:
+    limits.append((resource.RLIMIT_AS, memory_bytes))
+  for which, value in limits:
+    _, hard = resource.getrlimit(which)
+    if hard != resource.RLIM_INFINITY:
+      value = min(value, hard)
+    resource.setrlimit(which, (value, value))
+
+
+def _limit_cpu(cpu_s: int) -> None:
+  """Lets the next item use at most `cpu_s` more CPU seconds (RLIMIT_CPU).
+
+  The soft limit counts the worker's whole CPU time, so it is moved up to
+  the time used so far plus `cpu_s` before each item; past it the kernel's
+  SIGXCPU kills the worker and the pool reports a `crash`.
+  """
+  try:
+    import resource  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  soft = int(usage.ru_utime + usage.ru_stime) + 1 + cpu_s
+  _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+  if hard != resource.RLIM_INFINITY:
+    soft = min(soft, hard)
+  resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def run_worker(fd: int, *, cpu_s: int = 0, memory_bytes: int = 0) -> None:
   """Entry point of a worker interpreter (started by `MathChecker`).
 
   Protocol over the socket `fd`: the first message is the warm-up, a
   sequence of calls run before the worker replies `'ready'`; then each
   message is a call `(fn, args)` answered by `(score, reason)`, any exception
   of the call becoming an `error` reason. None or a closed socket ends the
-  worker; an exception during the warm-up ends it before it is ready.
+  worker; an exception during the warm-up ends it before it is ready. Once
+  warm, the worker limits its resources (`_limit_resources`, and
+  `_limit_cpu` before each item).
 
   Args:
     fd: the worker's end of its socket pair.
+    cpu_s: CPU seconds per item (0: no limit).
+    memory_bytes: address-space limit (0: none).
   """
   conn = multiprocessing.connection.Connection(fd)
   for fn, args in conn.recv():
     fn(*args)
+  _limit_resources(memory_bytes)
   conn.send(_READY)
   while True:
+    if cpu_s > 0:
+      _limit_cpu(cpu_s)
     try:
       message = conn.recv()
     except EOFError:
@@ -217,7 +277,8 @@ class MathChecker:
 
   def __init__(self, *, num_workers: int = 2, timeout_s: float = 10.0,
                math_verify_timeout_s: int = 3, warmup: Sequence[Call] = (),
-               startup_timeout_s: float = 120.0):
+               startup_timeout_s: float = 120.0,
+               memory_bytes: int = 8 * 2**30):
     """Configures the pool; no process starts before `start`, `score` or `run`.
 
     Args:
@@ -231,6 +292,11 @@ class MathChecker:
         a reasoning-gym scorer call, to import reasoning_gym), followed by a
         few math-verify checks that it always runs.
       startup_timeout_s: limit for a new worker to finish its warm-up.
+      memory_bytes: **(decision)** each worker's address-space limit
+        (RLIMIT_AS; a warm worker maps about 0.3 GiB), 0 for none. Workers
+        also get no file writes (RLIMIT_FSIZE = 0), a few open files, a CPU
+        limit per item of `timeout_s` rounded up, and a temporary working
+        directory removed by `close` (`run_worker`).
 
     Raises:
       ValueError: naming the argument that is out of range.
@@ -246,6 +312,10 @@ class MathChecker:
     if startup_timeout_s <= 0:
       raise ValueError(
           f"startup_timeout_s must be > 0, got {startup_timeout_s}")
+    if memory_bytes < 0:
+      raise ValueError(f"memory_bytes must be >= 0, got {memory_bytes}")
+    self.memory_bytes = int(memory_bytes)
+    self._workdir: str | None = None
     self.num_workers = num_workers
     self.timeout_s = float(timeout_s)
     self.math_verify_timeout_s = int(math_verify_timeout_s)
@@ -296,6 +366,9 @@ class MathChecker:
     deadline = time.monotonic() + 1.0
     for w in list(self._workers):
       self._kill(w, grace_s=max(0.0, deadline - time.monotonic()))
+    if self._workdir is not None:
+      shutil.rmtree(self._workdir, ignore_errors=True)
+      self._workdir = None
 
   def score(self, golds: Sequence[str],
             preds: Sequence[str | None]) -> tuple[np.ndarray, list[str | None]]:
@@ -396,9 +469,13 @@ class MathChecker:
       env["PYTHONPATH"] = os.pathsep.join(
           [_PACKAGE_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH")
                              else []))
+      if self._workdir is None:
+        self._workdir = tempfile.mkdtemp(prefix="rlvr_checker_")
       process = subprocess.Popen(
-          [sys.executable, "-c", _WORKER_CODE, str(fd)], pass_fds=(fd,),
-          stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+          [sys.executable, "-c", _WORKER_CODE, str(fd),
+           str(math.ceil(self.timeout_s)), str(self.memory_bytes)],
+          pass_fds=(fd,), stdin=subprocess.DEVNULL, env=env,
+          start_new_session=True, cwd=self._workdir)
       child_conn.close()
       w = _Worker(process=process, conn=parent_conn,
                   spawned_at=time.monotonic())

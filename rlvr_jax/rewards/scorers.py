@@ -11,6 +11,35 @@ with correct_i in {0, 1} from the checker named by the `checker` flag
 A `RewardFunction` never raises and never hangs on model output: garbage scores
 0 with a reason (see `math_checker.REASON_CATEGORIES`).
 
+**Model text is never run as code.** Audit of every scorer path (reasoning-gym
+0.1.19 and math-verify as installed: every call of eval, exec, parse_expr
+and sympify in reasoning_gym, math_verify and latex2sympy2_extended; the
+reasoning-gym list is checked again by tests/test_rewards.py, so that a new
+call site fails the tests):
+- 'exact': string normalization only.
+- 'math_verify': LaTeX goes through latex2sympy2's ANTLR parser (no eval);
+  the plain-expression fallback calls `sympy.parse_expr` only on text its
+  regex limits to digits, '.', whitespace and `+ - * / ^ ( ) × ÷`, so no
+  name or call can reach eval; a slow expression is stopped by the pool.
+  latex2sympy2's own `parse_expr` and `sympify` calls see only its parse
+  tree or caller-given variable values.
+- 'reasoning_gym': countdown and puzzle24 evaluate the answer with
+  `sympy.parse_expr`; their module's `parse_expr` is replaced by
+  `safe_arith.evaluate` (an `ast` whitelist of numbers, + - * /, unary signs
+  and parentheses, exact Fractions), so their own code still gives the
+  verdict (countdown: each given number used exactly once, value within
+  1e-6 of the target) for every whitelisted answer, and anything else
+  scores as unparsable (RG's own 0.01/0.05, never full credit).
+  binary_matrix, n_queens, spiral_matrix and string_insertion `eval` the
+  answer only for partial credit after an exact comparison failed; their
+  `eval` is replaced by one that raises, which changes no full-credit
+  verdict. simple_integration, intermediate_integration and
+  polynomial_multiplication parse symbolic answers with `sympy.parse_expr`
+  and are refused (`check_reasoning_gym_task`). codeio `exec`s generator
+  code, never the answer; number_sorting `eval`s the gold answer only.
+The pool's workers also run with resource limits and a temporary working
+directory (`math_checker.MathChecker`).
+
 Examples are dicts {'problem': str, 'answer': str} with, for reasoning-gym
 tasks, 'metadata': the entry's metadata dict (it names the task in
 'source_dataset'); an optional 'task' is not read here.
@@ -18,6 +47,7 @@ tasks, 'metadata': the entry's metadata dict (it names the task in
 
 import dataclasses
 import functools
+import importlib
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -25,6 +55,7 @@ import reasoning_gym
 
 from rlvr_jax.rewards import answers
 from rlvr_jax.rewards import math_checker
+from rlvr_jax.rewards import safe_arith
 
 CHECKERS = ("math_verify", "exact", "reasoning_gym")
 
@@ -95,10 +126,82 @@ def exact_item(gold: str, pred: str) -> tuple[float, str | None]:
   return 0.0, f"{math_checker.WRONG}: normalized answers differ"
 
 
+# The reasoning-gym audit (module docstring): tasks whose scorer hands the
+# answer to `sympy.parse_expr` (Python's eval) for its arithmetic value; the
+# module's `parse_expr` is replaced by `safe_arith.evaluate`.
+_SAFE_ARITHMETIC_TASKS = {
+    "countdown": "reasoning_gym.games.countdown",
+    "puzzle24": "reasoning_gym.games.puzzle24",
+}
+# Tasks whose scorer calls `eval(answer)` only on the way to partial credit
+# (0.1 or 0.5, never 1.0, after an exact comparison failed): the module's
+# `eval` is replaced by `_refuse_eval`, which the scorer's own `except`
+# turns into 0, so the full-credit verdict is unchanged.
+_PARTIAL_CREDIT_EVAL_TASKS = {
+    "binary_matrix": "reasoning_gym.algorithmic.binary_matrix",
+    "n_queens": "reasoning_gym.games.n_queens",
+    "spiral_matrix": "reasoning_gym.algorithmic.spiral_matrix",
+    "string_insertion": "reasoning_gym.algorithmic.string_insertion",
+}
+# Tasks whose scorer parses symbolic answers (variables, functions, powers)
+# with `sympy.parse_expr`: no safe replacement, refused.
+REFUSED_REASONING_GYM_TASKS = ("intermediate_integration",
+                               "polynomial_multiplication",
+                               "simple_integration")
+
+
+def check_reasoning_gym_task(name: str) -> None:
+  """Raises ValueError when `name`'s scorer would run the answer as code.
+
+  Args:
+    name: a reasoning-gym dataset name (`data.task`).
+
+  Raises:
+    ValueError: for a task of `REFUSED_REASONING_GYM_TASKS`.
+  """
+  if name in REFUSED_REASONING_GYM_TASKS:
+    raise ValueError(
+        f"reasoning-gym task {name!r} scores answers by running them through "
+        "sympy.parse_expr (Python's eval), which would let a model's answer "
+        "run code; checker='reasoning_gym' refuses it (refused: "
+        f"{REFUSED_REASONING_GYM_TASKS}). Use --config.reward.checker="
+        "math_verify or another task.")
+
+
+def _safe_parse_expr(text: str, *args: Any, **kwargs: Any) -> Any:
+  """Stands in for `sympy.parse_expr` in `_SAFE_ARITHMETIC_TASKS` scorers."""
+  del args, kwargs
+  return safe_arith.evaluate(text)
+
+
+def _refuse_eval(*args: Any, **kwargs: Any) -> Any:
+  """Stands in for `eval` in `_PARTIAL_CREDIT_EVAL_TASKS` scorers."""
+  del args, kwargs
+  raise ValueError("eval of a model answer is disabled")
+
+
 @functools.cache
 def _reasoning_gym_scorer(name: str) -> Callable[[str, dict[str, Any]],
                                                   float]:
-  """The task's own `score_answer`, built once per task and process."""
+  """The task's own `score_answer`, made safe (module docstring), built once
+  per task and process.
+
+  Raises:
+    ValueError: for a refused task, or when a patched module no longer has
+      the name the audit replaces (a reasoning-gym version that was not
+      audited).
+  """
+  check_reasoning_gym_task(name)
+  for tasks, attribute, replacement in (
+      (_SAFE_ARITHMETIC_TASKS, "parse_expr", _safe_parse_expr),
+      (_PARTIAL_CREDIT_EVAL_TASKS, "eval", _refuse_eval)):
+    if name in tasks:
+      module = importlib.import_module(tasks[name])
+      if attribute == "parse_expr" and not hasattr(module, attribute):
+        raise ValueError(
+            f"{tasks[name]} has no {attribute}: this reasoning-gym version "
+            "was not audited (rlvr_jax/rewards/scorers.py)")
+      setattr(module, attribute, replacement)
   return reasoning_gym.get_score_answer_fn(name)
 
 
@@ -108,9 +211,9 @@ def reasoning_gym_item(pred: str,
 
   reasoning-gym scorers give wrong answers partial credit (basic_arithmetic
   gives len(gold) / len(pred) when the gold is a substring, so `-611` for
-  `-61` earns 0.75); only a score of exactly 1.0 counts. Some scorers
-  evaluate the answer with sympy (countdown), so this runs in a
-  `math_checker.MathChecker` worker under its deadline.
+  `-61` earns 0.75); only a score of exactly 1.0 counts. Scorers that
+  would run the answer as code are made safe or refused (module docstring);
+  this runs in a `math_checker.MathChecker` worker under its deadline.
 
   Args:
     pred: the extracted model answer.
@@ -154,6 +257,11 @@ class RewardOutput:
   overlong: np.ndarray
   reasons: list[str | None]
 
+  def _reason_counts(self) -> dict[str, int]:
+    """Rows per category of `math_checker.REASON_CATEGORIES` (all listed)."""
+    categories = [r.split(":", 1)[0] for r in self.reasons if r is not None]
+    return {c: categories.count(c) for c in math_checker.REASON_CATEGORIES}
+
   def metrics(self) -> dict[str, float]:
     """Sums, the row count as their denominator, and reason counts.
 
@@ -169,9 +277,52 @@ class RewardOutput:
         "reward/format_sum": float(self.format.sum()),
         "reward/overlong_sum": float(self.overlong.sum()),
     }
-    categories = [r.split(":", 1)[0] for r in self.reasons if r is not None]
-    for category in math_checker.REASON_CATEGORIES:
-      metrics[f"reward/reason/{category}"] = float(categories.count(category))
+    for category, count in self._reason_counts().items():
+      metrics[f"reward/reason/{category}"] = float(count)
+    return metrics
+
+  def step_metrics(self, *, group_size: int) -> dict[str, float]:
+    """The `reward/*` metrics of one training step, the same for every method.
+
+    Both credit plug-ins log exactly these keys (`training/credit.py` over
+    the whole batch, `training/scrl_credit.py` over its plain rows):
+
+    - 'reward/mean': mean reward r.
+    - 'reward/accuracy': fraction of rows with correct = 1.
+    - 'reward/format_rate': fraction of rows ending in one clean box.
+    - 'reward/overlong_mean': mean overlong penalty, in [-1, 0].
+    - 'reward/groups_mixed': fraction of groups (`group_size` contiguous rows)
+      whose rows are not all right or all wrong.
+    - 'reward/reason/<category>' for every category of
+      `math_checker.REASON_CATEGORIES` (wrong, no_answer, too_long,
+      unparsable, timeout, crash, error): the fraction of rows that score 0
+      for that reason, so checker failures (timeout, crash, error) show in
+      the metrics; correct rows have no reason, so these sum to
+      1 - accuracy.
+
+    Args:
+      group_size: rows per group; must divide B.
+
+    Returns:
+      A flat dict of floats.
+
+    Raises:
+      ValueError: when `group_size` does not divide B.
+    """
+    b = len(self.reasons)
+    if group_size < 1 or b % group_size:
+      raise ValueError(f"group_size={group_size} does not divide B={b}")
+    grouped = self.correct.reshape(-1, group_size)
+    metrics = {
+        "reward/mean": float(self.rewards.mean()),
+        "reward/accuracy": float(self.correct.mean()),
+        "reward/format_rate": float(self.format.mean()),
+        "reward/overlong_mean": float(self.overlong.mean()),
+        "reward/groups_mixed": float(
+            (grouped.min(axis=1) != grouped.max(axis=1)).mean()),
+    }
+    for category, count in self._reason_counts().items():
+      metrics[f"reward/reason/{category}"] = count / b
     return metrics
 
 
@@ -265,10 +416,11 @@ class RewardFunction:
     for i, example in enumerate(examples):
       if not isinstance(example.get("answer"), str):
         raise ValueError(f"examples[{i}] has no string 'answer'")
-      if self.checker == "reasoning_gym" and "source_dataset" not in (
-          example.get("metadata") or {}):
-        raise ValueError(f"checker='reasoning_gym' needs examples[{i}]"
-                         "['metadata']['source_dataset']")
+      if self.checker == "reasoning_gym":
+        if "source_dataset" not in (example.get("metadata") or {}):
+          raise ValueError(f"checker='reasoning_gym' needs examples[{i}]"
+                           "['metadata']['source_dataset']")
+        check_reasoning_gym_task(example["metadata"]["source_dataset"])
     texts = [r if isinstance(r, str) else "" for r in responses]
     correct = np.zeros([len(texts)], np.float32)
     reasons: list[str | None] = [None] * len(texts)

@@ -6,7 +6,8 @@ rollout batch into the arrays `algorithms.scrl` consumes:
 
 1. `parse_blocks`: the strict format check. Well-formed means the tags
    `<p1>`, `</p1>`, ..., `<pK>`, `</pK>` each occur exactly once, in that
-   order, and no other `<pn>`/`</pn>` tag occurs; each block holds a
+   order, and no other `<pn>`/`</pn>` tag occurs (n with no leading zero:
+   `<p01>` is an extra tag, not `<p1>`); each block holds a
    well-formed, non-empty `\\boxed{}` (`answers.extract_boxed` of the block).
    **(decision)** Text outside the blocks (before `<p1>`, between blocks,
    after `</pK>`) is allowed; its tokens get advantage 0.
@@ -73,7 +74,7 @@ def parse_blocks(text: str, *, k: int) -> ParsedBlocks:
   """Splits a curriculum response into its K blocks (module docstring, 1).
 
   Errors are reported in the order of `MALFORMED`: a tag numbered outside
-  1..k or a repeated tag ('extra block'); an opening tag with no closing tag
+  1..k, with a leading zero (`<p01>`) or repeated ('extra block'); an opening tag with no closing tag
   after it, as in a truncated response ('unclosed block'); a block with no
   opening tag ('missing block'); all tags present once but not in the order
   `<p1></p1><p2></p2>...` ('wrong order', which includes nesting); a block
@@ -91,6 +92,10 @@ def parse_blocks(text: str, *, k: int) -> ParsedBlocks:
   tags = [(m.group(1) == "/", int(m.group(2)), m) for m in _TAG.finditer(text)]
   seen: dict[tuple[bool, int], re.Match[str]] = {}
   for closing, j, match in tags:
+    if match.group(2) != str(j):
+      return _malformed(
+          "extra block", f"{match.group(0)}: block numbers have no leading 0"
+      )
     if not 1 <= j <= k:
       return _malformed(
           "extra block", f"{match.group(0)} but {k} blocks were asked for"

@@ -72,17 +72,12 @@ class OutcomeCredit:
     loss_mask = response_mask
     if self.mask_truncated:
       loss_mask = response_mask * (~truncated)[:, None]
-    grouped = scored.correct.reshape(-1, self.group_size)
-    mixed = (grouped.min(axis=1) != grouped.max(axis=1)).mean()
-    metrics = {
-        "reward/mean": float(scored.rewards.mean()),
-        "reward/accuracy": float(scored.correct.mean()),
-        "reward/format_rate": float(scored.format.mean()),
-        "reward/overlong_mean": float(scored.overlong.mean()),
-        "reward/groups_mixed": float(mixed),
+    # The `reward/*` keys every method logs (`RewardOutput.step_metrics`).
+    metrics = scored.step_metrics(group_size=self.group_size)
+    metrics.update({
         "response/length_mean": float(lengths.mean()),
         "response/truncated_frac": float(truncated.mean()),
-    }
+    })
     return adv.astype(np.float32), loss_mask.astype(np.float32), metrics
 
 

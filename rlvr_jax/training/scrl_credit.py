@@ -11,6 +11,12 @@ the plain prompt every method is evaluated on.
   the tokens of its answer span (jitted `scrl.mixed_batch_advantages`).
 - Plain rows: `grpo` over their own G/2 siblings, with the run's reward.
 
+With `reward.mask_truncated`, truncated rows of both halves leave the loss
+mask (as in `OutcomeCredit`); a truncated curriculum row is malformed anyway
+(advantage 0), but without the flag it stays in token-mean denominators. The
+`reward/*` metrics are `RewardOutput.step_metrics` of the plain rows, the
+same keys every method logs.
+
 Subproblem chains come from the record when it has them (files written by
 `experiments.make_subproblems`) and are otherwise computed by the task's
 procedural rule (`data/subproblems.py`); a record with no usable chain is
@@ -58,6 +64,7 @@ class ScrlCredit:
         format_weight=c.reward.format_weight, overlong_buffer=c.reward.overlong_buffer,
         pool=pool)
     self.pool = pool
+    self.mask_truncated = c.reward.mask_truncated
     self.decode = functools.partial(tokenizer.decode, skip_special_tokens=True)
 
   def _with_chain(self, record: Record) -> Record:
@@ -119,11 +126,14 @@ class ScrlCredit:
         scores.malformed.reshape(p, self.half), plain_scored.correct.reshape(p, self.half),
         response_mask, chain_lengths)
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    # The `reward/*` keys every method logs, over the plain rows (groups of
+    # G/2 siblings), the ones every method is evaluated on.
+    metrics.update(plain_scored.step_metrics(group_size=self.half))
     metrics.update({
-        "reward/mean": float(plain_scored.rewards.mean()),
-        "reward/accuracy": float(plain_scored.correct.mean()),
-        "reward/format_rate": float(plain_scored.format.mean()),
         "response/length_mean": float(lengths.mean()),
         "response/truncated_frac": float(np.mean(truncated)),
     })
-    return np.asarray(adv, np.float32), response_mask.astype(np.float32), metrics
+    loss_mask = response_mask
+    if self.mask_truncated:
+      loss_mask = response_mask * ~np.asarray(truncated, bool)[:, None]
+    return np.asarray(adv, np.float32), loss_mask.astype(np.float32), metrics
