@@ -4,50 +4,84 @@ r"""Trains a policy with RLVR: `python -m experiments.train`.
   python -m experiments.train --config=experiments/configs/tiny.py --workdir=/tmp/t
   python -m experiments.train --config.rl.group_size=16 --config.algo.delta=True
 
-The run resumes from `--workdir` when it holds checkpoints. When it evaluates
-before and after training, the last line printed is one JSON object with
-`accuracy_before`, `accuracy_after` (fractions) and `p_value` (McNemar).
+The run resumes from `--workdir` when it holds checkpoints of the same config
+(a folder of another config is refused, naming the differing flags;
+`--overwrite` clears it). When it evaluates before and after training, the
+last line printed is one JSON object with `accuracy_before`, `accuracy_after`
+(fractions) and `p_value` (McNemar). `--validate_only` runs every start-up
+check (flags, data, tokenizer, prompt and context lengths; seconds, no model
+weights) and exits.
+
+The console shows the progress bar, this project's log lines and every
+warning; all log lines (libraries' INFO included) go to `<workdir>/train.log`.
 """
 
 import json
+import logging as std_logging
 import os
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
-import ml_collections
 from ml_collections import config_flags
 
-from rlvr_jax.evaluation import evaluate
+from rlvr_jax.training import config_checks
 from rlvr_jax.training import loop
+from rlvr_jax.training import run_state
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "configs", "default.py"),
     "Experiment config file; override fields with --config.<path>=<value>.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Checkpoints, metrics, plots.")
+_VALIDATE_ONLY = flags.DEFINE_bool(
+    "validate_only", False, "Run the start-up checks (no model weights load) and exit.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Delete --workdir's contents first (else a run of another "
+    "config there is refused).")
 _CACHE = flags.DEFINE_string(
     "compilation_cache", os.path.expanduser("~/.cache/rlvr_jax/jax"),
     "Persistent XLA compilation cache ('' = off); cuts recompiles across runs.")
 
 
-def evaluate_checkpoint(params_dir_or_step: str,
-                        config: ml_collections.ConfigDict) -> dict[str, float]:
-  """Greedy held-out accuracy of `<run>/checkpoints/<step>[/params]` (RELEX --eval).
+class ConsoleFilter(std_logging.Filter):
+  """Passes warnings and errors, and INFO lines of this project's own code."""
 
-  The trainer's held-out evaluation for `config` on those parameters; see
-  `rlvr_jax.evaluation.evaluate.evaluate_trainer_checkpoint`.
-  """
-  return evaluate.evaluate_trainer_checkpoint(params_dir_or_step, config)
+  OWN = (os.sep + "rlvr_jax" + os.sep, os.sep + "experiments" + os.sep)
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return (record.levelno >= std_logging.WARNING
+            or any(part in record.pathname for part in self.OWN))
+
+
+def quiet_console(workdir: str) -> str:
+  """Console: `ConsoleFilter`; every line also to `<workdir>/train.log`. Returns its path."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "train.log")
+  handler = std_logging.FileHandler(path)
+  handler.setFormatter(logging.PythonFormatter())
+  std_logging.getLogger().addHandler(handler)
+  logging.get_absl_handler().addFilter(ConsoleFilter())
+  return path
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Every check that can fail runs before JAX computes or the model loads.
+  checked = config_checks.preflight(_CONFIG.value)
+  if _VALIDATE_ONLY.value:
+    print(f"config OK: longest prompt {checked.longest_prompt} tokens <= "
+          f"max_prompt_len={checked.config.rl.max_prompt_len}; checker "
+          f"{checked.config.reward.checker!r}", flush=True)
+    return
+  # Refuses another config's run folder (or clears it) before any other work.
+  run_state.prepare_workdir(_WORKDIR.value, checked.config, overwrite=_OVERWRITE.value)
   if _CACHE.value:
     jax.config.update("jax_compilation_cache_dir", _CACHE.value)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
-  logging.info("config:\n%s", _CONFIG.value)
+  quiet_console(_WORKDIR.value)
+  logging.info("config:\n%s", checked.config)
   summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if jax.process_index() == 0 and summary:
     print(json.dumps(summary), flush=True)

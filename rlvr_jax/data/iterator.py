@@ -8,7 +8,8 @@
   held-out rows carved from a file or tfds split.
 - `data.eval_size`: int >= 0, number of held-out records (0: none).
 - reasoning_gym only: `data.task` (dataset name), `data.task_kwargs` (dict of
-  its config fields), `data.train_size` (items in one training epoch).
+  its config fields, over the task's defaults: `tasks.task_kwargs`),
+  `data.train_size` (items in one training epoch).
 - jsonl / parquet only: `data.path` (training file), `data.columns` (preset or
   mapping string, `files.py`), `data.eval_path` (held-out file of the same
   layout: its first `eval_size` usable rows; '' carves `eval_size` rows of
@@ -95,7 +96,7 @@ def make_sources(data: ml_collections.ConfigDict) -> Sources:
     raise ValueError(f"data.eval_size={data.eval_size}: must be >= 0")
   indices = None
   if data.source == "reasoning_gym":
-    kwargs = dict(data.task_kwargs)
+    kwargs = tasks.task_kwargs(data.task, dict(data.task_kwargs))
     held_out = tasks.held_out_records(
         data.task, task_kwargs=kwargs, seed=data.seed, size=data.eval_size
     )
