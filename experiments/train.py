@@ -13,7 +13,8 @@ check (flags, data, tokenizer, prompt and context lengths; seconds, no model
 weights) and exits.
 
 The console shows the progress bar, this project's log lines and every
-warning; all log lines (libraries' INFO included) go to `<workdir>/train.log`.
+warning; all log lines (libraries' INFO included) go to `<workdir>/train.log`,
+the run's config to `<workdir>/config.json`.
 """
 
 import json
@@ -26,9 +27,13 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+import rlvr_jax
 from rlvr_jax.training import config_checks
 from rlvr_jax.training import loop
 from rlvr_jax.training import run_state
+
+# This project's code: the `rlvr_jax` package and this folder.
+OWN_DIRS = (os.path.dirname(rlvr_jax.__file__), os.path.dirname(os.path.abspath(__file__)))
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "configs", "default.py"),
@@ -45,29 +50,49 @@ _CACHE = flags.DEFINE_string(
 
 
 class ConsoleFilter(std_logging.Filter):
-  """Passes warnings and errors, and INFO lines of this project's own code."""
+  """Passes warnings and errors, and INFO lines of this project's own code.
 
-  OWN = (os.sep + "rlvr_jax" + os.sep, os.sep + "experiments" + os.sep)
+  Own code is a file under the `rlvr_jax` package or the `experiments`
+  folder, compared by absolute path: a checkout that is itself named
+  `rlvr_jax` (the TPU workers') holds `.venv/.../site-packages`, whose
+  libraries are not own code.
+
+  Args:
+    own_dirs: folders of this project's code (default: `OWN_DIRS`).
+  """
+
+  def __init__(self, own_dirs: tuple[str, ...] = OWN_DIRS):
+    super().__init__()
+    self._own = tuple(os.path.join(os.path.realpath(d), "") for d in own_dirs)
+    self._is_own: dict[str, bool] = {}  # pathname -> under an own folder
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return (record.levelno >= std_logging.WARNING
-            or any(part in record.pathname for part in self.OWN))
+    if record.levelno >= std_logging.WARNING:
+      return True
+    if record.pathname not in self._is_own:
+      self._is_own[record.pathname] = os.path.realpath(record.pathname).startswith(self._own)
+    return self._is_own[record.pathname]
 
 
-def quiet_console(workdir: str) -> str:
-  """Console: `ConsoleFilter`; every line also to `<workdir>/train.log`. Returns its path."""
+def quiet_console() -> None:
+  """Console (absl's handler): only what `ConsoleFilter` passes."""
+  logging.get_absl_handler().addFilter(ConsoleFilter())
+
+
+def log_to_file(workdir: str) -> str:
+  """Every log line (libraries' INFO included) to `<workdir>/train.log`; its path."""
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "train.log")
   handler = std_logging.FileHandler(path)
   handler.setFormatter(logging.PythonFormatter())
   std_logging.getLogger().addHandler(handler)
-  logging.get_absl_handler().addFilter(ConsoleFilter())
   return path
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  quiet_console()
   # Every check that can fail runs before JAX computes or the model loads.
   checked = config_checks.preflight(_CONFIG.value)
   if _VALIDATE_ONLY.value:
@@ -80,8 +105,8 @@ def main(argv):
   if _CACHE.value:
     jax.config.update("jax_compilation_cache_dir", _CACHE.value)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
-  quiet_console(_WORKDIR.value)
-  logging.info("config:\n%s", checked.config)
+  log = log_to_file(_WORKDIR.value)
+  logging.info("config: %s; full log: %s", os.path.join(_WORKDIR.value, "config.json"), log)
   summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if jax.process_index() == 0 and summary:
     print(json.dumps(summary), flush=True)
