@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine (README.md):
 #   make run   - set up .venv, then train the default config (SmolLM2-135M, CPU)
-#   make test  - set up .venv, then run the test suite
+#   make test  - set up .venv, then lint (ruff, rules in pyproject.toml) and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -21,6 +21,7 @@ run: setup
 	$(PY) -m experiments.train --workdir=$(WORKDIR)
 
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
 
 clean:

@@ -7,7 +7,6 @@ _CORE = [
     "flax>=0.12.8",
     "optax>=0.2.8",
     "orbax-checkpoint>=0.12.8",
-    "chex>=0.1.92",
     "absl-py",
     "ml_collections",
     "numpy",
@@ -33,7 +32,9 @@ setuptools.setup(
     python_requires=">=3.11",
     install_requires=_CORE,
     extras_require={
-        "test": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel"],
+        # chex: array assertions in the tests; ruff: `make test`'s lint step.
+        "test": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel", "chex>=0.1.92",
+                 "ruff"],
         "torch": ["torch==2.13.0", "accelerate"],
         "bench": ["torch==2.13.0", "accelerate", "trl==1.16.0"],  # benchmarks/rl_step.py
         "gpu": ["jax[cuda12]"],

@@ -3,7 +3,7 @@ r"""SCRL chains from an LLM: `python -m experiments.make_subproblems`.
 For data with no procedural rule and no calculator annotations (METHODS.md 3):
 each record gets K progressive subproblems as JSON from a model, validated,
 with subproblem K forced to the record's own problem and answer
-(`rlvr_jax.data.llm_subproblems`). The output is a JSONL of records that the
+(`rlvr_jax.tools.llm_subproblems`). The output is a JSONL of records that the
 trainer reads with `--config.data.source=jsonl --config.data.path=<output>`
 (the `default` column preset keeps `subproblems`).
 
@@ -29,8 +29,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from rlvr_jax.data import llm_subproblems
 from rlvr_jax.rewards import math_checker
+from rlvr_jax.tools import llm_subproblems
 
 _INPUT = flags.DEFINE_string("input", None, "JSONL or parquet input file.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSONL of kept records.")

@@ -14,6 +14,7 @@ import pytest
 
 from experiments import evaluate as evaluate_binary
 from experiments.configs import tiny
+from rlvr_jax import checkpoints
 from rlvr_jax import sharding
 from rlvr_jax.evaluation import evaluate
 from rlvr_jax.models import decoder
@@ -21,7 +22,6 @@ from rlvr_jax.models import loader
 from rlvr_jax.rewards import answers
 from rlvr_jax.rewards import math_checker
 from rlvr_jax.rewards import scorers
-from rlvr_jax.training import checkpoints
 from rlvr_jax.training import loop
 
 _FILE_ROWS = [

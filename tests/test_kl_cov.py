@@ -165,7 +165,7 @@ def _batch(B=16, T=12, seed=4):
 
 def _minibatch_loss(logp, old, adv, mask, sel, micro_batches):
   """token_mean loss of a mini-batch summed over micro-batch shares."""
-  den = losses.aggregation_denominator(mask, agg="token_mean")
+  den = losses.aggregation_denominator(mask, loss_agg="token_mean")
 
   def share(lp, o, a, m, s):
     l, _ = kl_cov.kl_cov_loss(lp, o, a, m, s, beta=1.0)

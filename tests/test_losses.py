@@ -3,6 +3,7 @@
 import functools
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from rlvr_jax.algorithms import advantages as advantages_lib
 from rlvr_jax.algorithms import losses
+from rlvr_jax.training import metrics as metrics_lib
 
 pytestmark = pytest.mark.usefixtures("strict_rank")
 
@@ -146,18 +148,18 @@ def test_gspo_token_equals_gspo_for_row_constant_advantages():
 #   token_mean:              (1 + 2 + 4, 3)            = (7, 3)
 #   seq_mean_token_mean:     (3/2 + 4/1 + 0, 2 rows)   = (5.5, 2)
 #   seq_mean_token_sum_norm: (7, B * T_max = 3 * 4)    = (7, 12)
-@pytest.mark.parametrize("agg,want", [
+@pytest.mark.parametrize("loss_agg,want", [
     ("token_mean", (7.0, 3.0)),
     ("seq_mean_token_mean", (5.5, 2.0)),
     ("seq_mean_token_sum_norm", (7.0, 12.0)),
 ])
-def test_aggregation_hand_values(agg, want):
+def test_aggregation_hand_values(loss_agg, want):
   mask = jnp.array([[1, 1, 0], [1, 0, 0], [0, 0, 0]], jnp.float32)
   loss = jnp.where(mask > 0, jnp.arange(1.0, 10.0).reshape(3, 3), jnp.nan)
-  got = losses.AGGREGATIONS[agg](loss, mask, max_response_len=4)
+  got = losses.AGGREGATIONS[loss_agg](loss, mask, max_response_len=4)
   np.testing.assert_allclose(got, want, rtol=1e-6)
   np.testing.assert_allclose(
-      losses.aggregation_denominator(mask, agg=agg, max_response_len=4),
+      losses.aggregation_denominator(mask, loss_agg=loss_agg, max_response_len=4),
       want[1])
 
 
@@ -263,13 +265,13 @@ def test_policy_loss_hand_values_with_kl():
 # ---------------------------------------------------------------------------
 
 
-def _np_policy_loss(logp, old, adv, mask, ref, *, objective, agg, eps_low,
+def _np_policy_loss(logp, old, adv, mask, ref, *, policy_loss, loss_agg, eps_low,
                     eps_high, dual_clip, kl_coef, t_max):
   """Independent float64 implementation of METHODS.md 1.2-1.4."""
   logp, old, adv, mask, ref = (np.asarray(x, np.float64)
                                for x in (logp, old, adv, mask, ref))
   B, T = logp.shape
-  if objective == "ppo_clip":
+  if policy_loss == "ppo_clip":
     ratio = np.exp(np.clip(logp - old, -20, 20))
   else:
     ratio = np.empty((B, T))
@@ -284,17 +286,17 @@ def _np_policy_loss(logp, old, adv, mask, ref, *, objective, agg, eps_low,
   delta = ref - logp
   l = l + kl_coef * (np.exp(delta) - delta - 1)
   valid = mask > 0
-  if agg == "token_mean":
+  if loss_agg == "token_mean":
     return l[valid].sum() / valid.sum()
-  if agg == "seq_mean_token_mean":
+  if loss_agg == "seq_mean_token_mean":
     rows = [l[i][valid[i]].mean() for i in range(B) if valid[i].any()]
     return sum(rows) / len(rows)
   return l[valid].sum() / (B * t_max)
 
 
-@pytest.mark.parametrize("objective", ["ppo_clip", "gspo", "gspo_token"])
-@pytest.mark.parametrize("agg", AGGS)
-def test_policy_loss_matches_numpy(objective, agg):
+@pytest.mark.parametrize("policy_loss", ["ppo_clip", "gspo", "gspo_token"])
+@pytest.mark.parametrize("loss_agg", AGGS)
+def test_policy_loss_matches_numpy(policy_loss, loss_agg):
   rng = np.random.default_rng(7)
   B, T = 8, 6
   logp = rng.normal(size=(B, T)) * 0.4 - 1.0
@@ -303,9 +305,9 @@ def test_policy_loss_matches_numpy(objective, agg):
   adv = rng.normal(size=(B, T))
   mask = (np.arange(T)[None, :] < rng.integers(0, T + 1, size=(B, 1)))
   mask = mask.astype(np.float32)
-  kwargs = dict(objective=objective, agg=agg, eps_low=0.2, eps_high=0.28,
+  kwargs = dict(policy_loss=policy_loss, loss_agg=loss_agg, eps_low=0.2, eps_high=0.28,
                 dual_clip=3.0, kl_coef=0.05)
-  den = losses.aggregation_denominator(jnp.asarray(mask), agg=agg,
+  den = losses.aggregation_denominator(jnp.asarray(mask), loss_agg=loss_agg,
                                        max_response_len=T + 2)
   f32 = lambda x: jnp.asarray(x, jnp.float32)
   fn = jax.jit(functools.partial(losses.policy_loss, max_response_len=T + 2,
@@ -357,29 +359,29 @@ def _make_problem(seed=0):
   return params, batch
 
 
-def _loss_fn(params, batch, loss_den, token_count, *, agg, objective):
+def _loss_fn(params, batch, loss_den, token_count, *, loss_agg, policy_loss):
   logp = _toy_logp(params, batch["feats"], batch["tokens"])
   return losses.policy_loss(
       logp, batch["old_logp"], batch["advantages"], batch["mask"],
-      loss_denominator=loss_den, token_count=token_count, objective=objective,
-      eps_low=0.2, eps_high=0.28, dual_clip=3.0, agg=agg,
+      loss_denominator=loss_den, token_count=token_count, policy_loss=policy_loss,
+      eps_low=0.2, eps_high=0.28, dual_clip=3.0, loss_agg=loss_agg,
       max_response_len=_T_MAX, ref_logp=batch["ref_logp"], kl_coef=0.1)
 
 
 _grad_fn = jax.jit(jax.value_and_grad(_loss_fn, has_aux=True),
-                   static_argnames=("agg", "objective"))
+                   static_argnames=("loss_agg", "policy_loss"))
 _denominator = jax.jit(losses.aggregation_denominator,
-                       static_argnames=("agg", "max_response_len"))
+                       static_argnames=("loss_agg", "max_response_len"))
 
 
-def _minibatch(params, batch, *, agg, n_micro, objective="ppo_clip",
+def _minibatch(params, batch, *, loss_agg, n_micro, policy_loss="ppo_clip",
                put=jnp.asarray):
   """The trainer's protocol: whole-mini-batch denominators, then micro-batches.
 
   Returns (loss, grads, metrics) of the mini-batch.
   """
   mask = put(batch["mask"])
-  loss_den = _denominator(mask, agg=agg, max_response_len=_T_MAX)
+  loss_den = _denominator(mask, loss_agg=loss_agg, max_response_len=_T_MAX)
   token_count = jax.jit(jnp.sum)(mask)
   size = len(batch["mask"]) // n_micro
   total = None
@@ -387,78 +389,70 @@ def _minibatch(params, batch, *, agg, n_micro, objective="ppo_clip",
     micro = {key: put(value[k * size:(k + 1) * size])
              for key, value in batch.items()}
     (loss, metrics), grads = _grad_fn(params, micro, loss_den, token_count,
-                                      agg=agg, objective=objective)
+                                      loss_agg=loss_agg, policy_loss=policy_loss)
     if total is None:
       total = (loss, grads, metrics)
     else:
       total = (total[0] + loss, jax.tree.map(jnp.add, total[1], grads),
-               losses.accumulate_metrics(total[2], metrics))
+               metrics_lib.combine_metrics([total[2], metrics], shares=True))
   return total
 
 
 def _assert_same(a, b, rtol=1e-5, atol=1e-6):
-  la, ga, ma = a
-  lb, gb, mb = b
-  np.testing.assert_allclose(la, lb, rtol=rtol, atol=atol)
-  for key in ga:
-    np.testing.assert_allclose(ga[key], gb[key], rtol=rtol, atol=atol,
-                               err_msg=key)
-  assert set(ma) == set(mb)
-  for key in ma:
-    np.testing.assert_allclose(ma[key], mb[key], rtol=rtol, atol=atol,
-                               err_msg=key)
+  """(loss, grads, metrics) equal: the same tree structure (metric keys), close values."""
+  chex.assert_trees_all_close(a, b, rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("agg", AGGS)
-def test_micro_batch_split_invariance(agg):
+@pytest.mark.parametrize("loss_agg", AGGS)
+def test_micro_batch_split_invariance(loss_agg):
   params, batch = _make_problem()
-  whole = _minibatch(params, batch, agg=agg, n_micro=1)
+  whole = _minibatch(params, batch, loss_agg=loss_agg, n_micro=1)
   # Anchor: the whole-batch loss is the NumPy reference's value.
   logp = np.asarray(_toy_logp(params, batch["feats"], batch["tokens"]))
   want = _np_policy_loss(
       logp, batch["old_logp"], batch["advantages"], batch["mask"],
-      batch["ref_logp"], objective="ppo_clip", agg=agg, eps_low=0.2,
+      batch["ref_logp"], policy_loss="ppo_clip", loss_agg=loss_agg, eps_low=0.2,
       eps_high=0.28, dual_clip=3.0, kl_coef=0.1, t_max=_T_MAX)
   np.testing.assert_allclose(whole[0], want, rtol=1e-5)
   # The clips are exercised, so the test covers their gradients too.
   assert whole[2]["policy/clipfrac_low"] > 0
   assert whole[2]["policy/clipfrac_high"] > 0
   for n_micro in (2, 4):
-    _assert_same(_minibatch(params, batch, agg=agg, n_micro=n_micro), whole)
+    _assert_same(_minibatch(params, batch, loss_agg=loss_agg, n_micro=n_micro), whole)
 
 
 def test_micro_batch_split_invariance_gspo():
   params, batch = _make_problem(seed=1)
-  whole = _minibatch(params, batch, agg="seq_mean_token_mean", n_micro=1,
-                     objective="gspo")
-  _assert_same(_minibatch(params, batch, agg="seq_mean_token_mean", n_micro=4,
-                          objective="gspo"), whole)
+  whole = _minibatch(params, batch, loss_agg="seq_mean_token_mean", n_micro=1,
+                     policy_loss="gspo")
+  _assert_same(_minibatch(params, batch, loss_agg="seq_mean_token_mean", n_micro=4,
+                          policy_loss="gspo"), whole)
 
 
-@pytest.mark.parametrize("agg", AGGS)
-def test_eight_devices_match_one(agg):
+@pytest.mark.parametrize("loss_agg", AGGS)
+def test_eight_devices_match_one(loss_agg):
   params, batch = _make_problem()
   mesh = jax.make_mesh((8,), ("data",),
                        axis_types=(jax.sharding.AxisType.Auto,))
   rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  single = _minibatch(jax.device_put(params, one_device), batch, agg=agg,
+  single = _minibatch(jax.device_put(params, one_device), batch, loss_agg=loss_agg,
                       n_micro=1, put=lambda x: jax.device_put(x, one_device))
   sharded_params = jax.device_put(params, replicated)
   put_rows = lambda x: jax.device_put(x, rows)
   assert len(put_rows(batch["mask"]).sharding.device_set) == 8
-  _assert_same(_minibatch(sharded_params, batch, agg=agg, n_micro=1,
+  _assert_same(_minibatch(sharded_params, batch, loss_agg=loss_agg, n_micro=1,
                           put=put_rows), single)
   # 2 micro-batches of 8 rows, each spread over the 8 devices.
-  _assert_same(_minibatch(sharded_params, batch, agg=agg, n_micro=2,
+  _assert_same(_minibatch(sharded_params, batch, loss_agg=loss_agg, n_micro=2,
                           put=put_rows), single)
 
 
-@pytest.mark.parametrize("agg", AGGS)
-def test_padding_invariance(agg):
+@pytest.mark.parametrize("loss_agg", AGGS)
+def test_padding_invariance(loss_agg):
   params, batch = _make_problem()
-  reference = _minibatch(params, batch, agg=agg, n_micro=1)
+  reference = _minibatch(params, batch, loss_agg=loss_agg, n_micro=1)
   rng = np.random.default_rng(11)
   extra = _T_MAX - _T
   # Extra response columns with m = 0 and garbage everywhere else.
@@ -472,29 +466,19 @@ def test_padding_invariance(agg):
     else:
       pad = (rng.normal(size=pad_shape) * 50).astype(np.float32)
     padded[key] = np.concatenate([value, pad], axis=1)
-  _assert_same(_minibatch(params, padded, agg=agg, n_micro=1), reference)
-  if agg == "seq_mean_token_sum_norm":
+  _assert_same(_minibatch(params, padded, loss_agg=loss_agg, n_micro=1), reference)
+  if loss_agg == "seq_mean_token_sum_norm":
     return  # Its denominator B * T_max counts every row, by definition.
   # Extra rows with m = 0 everywhere.
   rows = {key: np.concatenate([value, value[:4][:, ::-1] * 3], axis=0)
           for key, value in batch.items()}
   rows["mask"][_B:] = 0.0
-  _assert_same(_minibatch(params, rows, agg=agg, n_micro=1), reference)
+  _assert_same(_minibatch(params, rows, loss_agg=loss_agg, n_micro=1), reference)
 
 
 # ---------------------------------------------------------------------------
 # Metrics, registries and input errors.
 # ---------------------------------------------------------------------------
-
-
-def test_accumulate_metrics_adds_and_maxes():
-  a = {"policy/loss": jnp.array(1.0), "policy/ratio_max": jnp.array(3.0)}
-  b = {"policy/loss": jnp.array(0.5), "policy/ratio_max": jnp.array(2.0)}
-  got = losses.accumulate_metrics(a, b)
-  assert float(got["policy/loss"]) == 1.5
-  assert float(got["policy/ratio_max"]) == 3.0
-  with pytest.raises(ValueError, match="keys"):
-    losses.accumulate_metrics(a, {"policy/loss": jnp.array(0.0)})
 
 
 def test_zero_denominator_gives_zero_loss():
@@ -529,9 +513,9 @@ def test_input_errors():
   with pytest.raises(ValueError, match="kl_coef"):
     losses.policy_loss(x, x, x, x, ref_logp=x, kl_coef=-1.0, **kw)
   with pytest.raises(ValueError, match="max_response_len"):
-    losses.policy_loss(x, x, x, x, agg="seq_mean_token_sum_norm", **kw)
+    losses.policy_loss(x, x, x, x, loss_agg="seq_mean_token_sum_norm", **kw)
   with pytest.raises(ValueError, match="max_response_len=2"):
-    losses.aggregation_denominator(x, agg="seq_mean_token_sum_norm",
+    losses.aggregation_denominator(x, loss_agg="seq_mean_token_sum_norm",
                                    max_response_len=2)
   with pytest.raises(ValueError, match="eps_low"):
     losses.ppo_clip(x, x, x, x, eps_low=1.0)

@@ -19,6 +19,7 @@ import pytest
 import safetensors.numpy
 
 from experiments import relex as relex_binary
+from rlvr_jax import checkpoints as train_checkpoints
 from rlvr_jax.evaluation import evaluate as evaluate_lib
 from rlvr_jax.models import config as config_lib
 from rlvr_jax.models import decoder
@@ -27,7 +28,6 @@ from rlvr_jax.relex import diagnostics
 from rlvr_jax.relex import fit as fit_lib
 from rlvr_jax.relex import pipeline
 from rlvr_jax.relex import relex
-from rlvr_jax.training import checkpoints as train_checkpoints
 
 _TINY = config_lib.ModelConfig(
     vocab_size=16, hidden_size=8, intermediate_size=12, num_layers=2,

@@ -40,7 +40,7 @@ def _run(num_micro, agg="token_mean", mesh=None, batch=None, optimizer=None):
   graphdef, params, rest = step_lib.split_model(model)
   optimizer = optimizer or optax.sgd(1.0)
   opt_state = optimizer.init(params)
-  cfg = step_lib.LossConfig(agg=agg, max_response_len=_T, eps_low=0.2, eps_high=0.28)
+  cfg = step_lib.LossConfig(loss_agg=agg, max_response_len=_T, eps_low=0.2, eps_high=0.28)
   fn = step_lib.jit_update_step(graphdef, optimizer=optimizer, prompt_len=_P,
                                 num_micro=num_micro, loss_config=cfg, donate=False)
   batch = batch or _batch()

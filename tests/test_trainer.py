@@ -8,10 +8,14 @@ import numpy as np
 import pytest
 
 from experiments.configs import tiny
+from rlvr_jax import checkpoints
+from rlvr_jax.algorithms import delta as delta_lib
+from rlvr_jax.models import config as model_config_lib
 from rlvr_jax.relex import pipeline as relex_pipeline
-from rlvr_jax.training import checkpoints
+from rlvr_jax.rewards import scorers
 from rlvr_jax.training import config_checks
 from rlvr_jax.training import loop
+from rlvr_jax.training import optimizer as optimizer_lib
 
 
 def _config(steps, **train):
@@ -105,6 +109,23 @@ def test_bad_flags_name_the_flag(path, value, message):
   section, key = path.split(".")
   c[section][key] = value
   with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(".", r"\.")):
+    config_checks.validate(c)
+
+
+def test_flag_choices_are_their_owners_lists():
+  # model.dtype float16 is a dtype the model accepts; the restated list
+  # ('float32', 'bfloat16') used to refuse it.
+  c = tiny.get_config()
+  c.model.dtype = "float16"
+  config_checks.validate(c)
+  choices = config_checks._CHOICES  # pylint: disable=protected-access
+  assert choices["model.dtype"] is model_config_lib.DTYPES
+  assert choices["model.remat"] is model_config_lib.REMATS
+  assert choices["algo.delta_scope"] is delta_lib.SCOPES
+  assert choices["optim.decay"] is optimizer_lib.DECAYS
+  assert choices["reward.checker"] == ("auto",) + scorers.CHECKERS
+  c.train.log_every = 0
+  with pytest.raises(ValueError, match=r"--config\.train\.log_every=0"):
     config_checks.validate(c)
 
 

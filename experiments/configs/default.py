@@ -36,6 +36,14 @@ Why these values (calibrated on a 2-core CPU, see README):
   (12 steps reached 53.5%, p = 0.0096; 16 reach 54.7%, p = 0.0038).
 
 Measured (README): see "Measured on the development machine".
+
+Flag conventions: a numeric flag is never None; "off" is its neutral value,
+0 for counts, sizes, weights and clip constants (rl.top_k, rl.update_groups,
+train.eval_every, train.logprob_chunk, reward.overlong_buffer,
+reward.format_weight, algo.kl_coef, algo.dual_clip) and 1 for rl.top_p. A
+text flag's "default" is ''. Library functions take None for "off"; the
+trainer maps a 0 flag to None in one place (`step.LossConfig.from_config`).
+Paper symbols (METHODS.md) are named in the comments.
 """
 
 import ml_collections
@@ -81,7 +89,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rl = ml_collections.ConfigDict()
   c.rl.steps = 16  # Rollout iterations.
   c.rl.prompts_per_batch = 16  # Prompts per rollout batch.
-  c.rl.group_size = 4  # G responses per prompt.
+  c.rl.group_size = 4  # G: responses per prompt.
   # Groups per update, those with a reward spread first (DAPO's dynamic
   # sampling filter, no resampling); 0 = update on every group.
   c.rl.update_groups = 6
@@ -100,20 +108,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.algo = ml_collections.ConfigDict()
   c.algo.advantage = "grpo"  # grpo | dr_grpo | rloo | scrl (METHODS 1.1, 3).
   c.algo.policy_loss = "ppo_clip"  # ppo_clip | gspo | gspo_token (METHODS 1.2).
-  c.algo.eps_low = 0.2  # Lower clip width.
-  c.algo.eps_high = 0.28  # Upper clip width (DAPO clip-higher).
-  c.algo.dual_clip = 0.0  # Dual-clip constant for A < 0; 0 = off.
+  c.algo.eps_low = 0.2  # epsilon_low: lower clip width.
+  c.algo.eps_high = 0.28  # epsilon_high: upper clip width (DAPO clip-higher).
+  c.algo.dual_clip = 0.0  # Dual-clip constant c for A < 0, > 1; 0 = off.
   c.algo.loss_agg = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm.
-  c.algo.kl_coef = 0.0  # KL weight; > 0 adds a reference forward pass.
+  c.algo.kl_coef = 0.0  # beta: KL weight; > 0 adds a reference forward pass.
   # k1 | k2 | k3; k3 is straight-through: value k3, gradient of k2 (the
   # correct gradient of KL(pi||pi_ref) on-policy; METHODS 1.4).
   c.algo.kl_estimator = "k3"
   c.algo.delta = False  # DelTA token coefficients (METHODS 2).
-  c.algo.delta_k = 1  # DelTA refinement iterations K.
-  c.algo.delta_lam_min = 0.8  # DelTA lambda_min.
-  c.algo.delta_lam_max = 1.2  # DelTA lambda_max.
+  c.algo.delta_k = 1  # K: DelTA refinement iterations.
+  c.algo.delta_lam_min = 0.8  # lambda_min: DelTA's lower coefficient bound.
+  c.algo.delta_lam_max = 1.2  # lambda_max: DelTA's upper coefficient bound.
   c.algo.delta_scope = "batch"  # batch | group statistics.
-  c.algo.scrl_k = 4  # SCRL subproblems per problem (METHODS 3).
+  c.algo.scrl_k = 4  # K: SCRL subproblems per problem (METHODS 3).
 
   c.reward = ml_collections.ConfigDict()
   # auto (reasoning_gym for reasoning-gym data, math_verify for files and
@@ -126,17 +134,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.reward.workers = 2  # math-verify worker processes.
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.lr = 2e-5  # Peak AdamW learning rate.
+  c.optim.lr = 2e-5  # eta: peak AdamW learning rate.
   c.optim.warmup_steps = 1  # Linear warmup (optimizer steps; 1 = none: step 1 at full lr).
   c.optim.decay = "constant"  # constant | cosine | linear.
   c.optim.weight_decay = 0.1  # AdamW weight decay (kernels, embeddings; not norms, biases).
   c.optim.grad_clip = 1.0  # Global-norm clip.
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.999
+  c.optim.b1 = 0.9  # beta_1: Adam's first-moment decay.
+  c.optim.b2 = 0.999  # beta_2: Adam's second-moment decay.
   c.optim.eps = 1e-8  # Adam's epsilon.
 
   c.train = ml_collections.ConfigDict()
-  c.train.log_every = 1  # Steps between metric rows.
+  # Steps between metric rows (and the last step, any step that evaluated or
+  # skipped its update); 1 = every step.
+  c.train.log_every = 1
   c.train.save_every = 50  # Steps between checkpoints after the dense window.
   c.train.keep = 2  # Checkpoints kept after the dense window.
   # Consecutive steps whose update was skipped (a non-finite loss, gradient or

@@ -342,12 +342,12 @@ def distil_loss_pair(
     ce: jax.Array,
     mask: jax.Array,
     *,
-    agg: str = "token_mean",
+    loss_agg: str = "token_mean",
     max_response_len: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """DistIL's local CE term as a (numerator, denominator) pair (METHODS.md 7.3).
 
-  `losses.AGGREGATIONS[agg](ce, m)`: for `token_mean`, (sum_{i,t} m*CE,
+  `losses.AGGREGATIONS[loss_agg](ce, m)`: for `token_mean`, (sum_{i,t} m*CE,
   sum_{i,t} m). Under the trainer's contract (losses module docstring) a
   micro-batch contributes numerator / (the whole mini-batch's
   `losses.aggregation_denominator`), the same denominator as the policy term.
@@ -355,14 +355,14 @@ def distil_loss_pair(
   Args:
     ce: [B, T] per-token CE from `topk_cross_entropy`.
     mask: [B, T] response mask m.
-    agg: a key of `losses.AGGREGATIONS` (`--config.algo.loss_agg`).
+    loss_agg: a key of `losses.AGGREGATIONS` (`--config.algo.loss_agg`).
     max_response_len: T_max, for `seq_mean_token_sum_norm`.
 
   Returns:
     (numerator, denominator), float32 scalars.
   """
   _check_bt(ce=ce, mask=mask)
-  return losses.get_aggregation(agg)(
+  return losses.get_aggregation(loss_agg)(
       ce, mask, max_response_len=max_response_len
   )
 

@@ -12,7 +12,7 @@ before the micro-batch loop; each micro-batch then contributes
 numerator_micro / denominator_minibatch, and losses, gradients and metrics
 simply add:
 
-  loss_den = aggregation_denominator(minibatch_mask, agg=agg,
+  loss_den = aggregation_denominator(minibatch_mask, loss_agg=loss_agg,
                                      max_response_len=T_max)
   token_count = jnp.sum(minibatch_mask)
   for micro in micro_batches:
@@ -20,9 +20,10 @@ simply add:
     # loss_den, token_count=token_count).
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(...)
     total_grads = jax.tree.map(jnp.add, total_grads, grads)
-    total_metrics = accumulate_metrics(total_metrics, metrics)
+    total_metrics = combine_metrics([total_metrics, metrics], shares=True)
 
-`total_metrics` may start as zeros of the same structure. Under `jax.jit` with
+(`combine_metrics` is the trainer's one metric rule, in training/metrics.py;
+`total_metrics` may start as zeros of the same structure.) Under `jax.jit` with
 rows sharded over devices every sum here is global, so the same code is
 correct on any mesh.
 
@@ -517,7 +518,7 @@ def get_kl_estimator(name: str) -> KLFn:
 
 
 def aggregation_denominator(
-    mask: jax.Array, *, agg: str, max_response_len: int | None = None
+    mask: jax.Array, *, loss_agg: str, max_response_len: int | None = None
 ) -> jax.Array:
   """Loss denominator of a whole mini-batch, computed before its micro-batches.
 
@@ -526,14 +527,14 @@ def aggregation_denominator(
 
   Args:
     mask: [B, T] response mask m of the whole mini-batch.
-    agg: a key of `AGGREGATIONS` (the `loss_agg` flag).
+    loss_agg: a key of `AGGREGATIONS` (the `loss_agg` flag).
     max_response_len: T_max; needed by `seq_mean_token_sum_norm`.
 
   Returns:
     float32 scalar denominator.
   """
   mask = jnp.asarray(mask, jnp.float32)
-  _, denominator = get_aggregation(agg)(
+  _, denominator = get_aggregation(loss_agg)(
       jnp.zeros_like(mask), mask, max_response_len=max_response_len
   )
   return denominator
@@ -547,11 +548,11 @@ def policy_loss(
     *,
     loss_denominator: jax.Array,
     token_count: jax.Array,
-    objective: str = "ppo_clip",
+    policy_loss: str = "ppo_clip",
     eps_low: float = 0.2,
     eps_high: float = 0.2,
     dual_clip: float | None = None,
-    agg: str = "token_mean",
+    loss_agg: str = "token_mean",
     max_response_len: int | None = None,
     ref_logp: jax.Array | None = None,
     kl_coef: float = 0.0,
@@ -559,7 +560,7 @@ def policy_loss(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """One micro-batch's share of the mini-batch loss, and additive metrics.
 
-  l_total[i,t] = l[i,t] + kl_coef * k[i,t], with l from `objective`
+  l_total[i,t] = l[i,t] + kl_coef * k[i,t], with l from `policy_loss`
   (METHODS.md 1.2) and k from `kl_estimator` (METHODS.md 1.4); the returned
   loss is agg_numerator(l_total) / loss_denominator (METHODS.md 1.3). The KL
   term uses the same aggregation as the policy term.
@@ -573,11 +574,11 @@ def policy_loss(
       (pass this micro-batch's own for a single call).
     token_count: sum of the whole mini-batch's mask; normalizes the token
       metrics.
-    objective: a key of `POLICY_LOSSES` (the `policy_loss` flag).
+    policy_loss: a key of `POLICY_LOSSES` (the `policy_loss` flag).
     eps_low: lower clip width (METHODS.md default 0.2).
     eps_high: upper clip width (0.2; DAPO 0.28).
     dual_clip: dual-clip constant c (DelTA's release: 10), or None.
-    agg: a key of `AGGREGATIONS` (the `loss_agg` flag).
+    loss_agg: a key of `AGGREGATIONS` (the `loss_agg` flag).
     max_response_len: T_max, needed by `seq_mean_token_sum_norm`.
     ref_logp: [B, T] reference log-probs; required when kl_coef > 0, and the
       KL is logged whenever it is given.
@@ -588,7 +589,7 @@ def policy_loss(
   Returns:
     (loss, metrics): the float32 scalar loss share, and a flat dict of float32
     scalars, each this micro-batch's share of the mini-batch value, combined
-    over micro-batches by `accumulate_metrics`: `policy/loss`,
+    over micro-batches by `training.metrics.combine_metrics`: `policy/loss`,
     `policy/pg_loss`, `policy/clipfrac_low`, `policy/clipfrac_high`,
     `policy/ratio_mean`, `policy/ratio_max` (combined by max), plus
     `policy/clipfrac_dual` with a dual clip and `policy/kl` (token mean of
@@ -603,8 +604,8 @@ def policy_loss(
   if kl_coef > 0.0 and ref_logp is None:
     raise ValueError(f"kl_coef={kl_coef} > 0 needs ref_logp.")
   mask = mask.astype(jnp.float32)
-  aggregate = get_aggregation(agg)
-  pg_loss, diagnostics = get_policy_loss(objective)(
+  aggregate = get_aggregation(loss_agg)
+  pg_loss, diagnostics = get_policy_loss(policy_loss)(
       logp, old_logp, advantages, mask,
       eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip,
   )
@@ -632,30 +633,3 @@ def policy_loss(
     )
   metrics = {k: jax.lax.stop_gradient(v) for k, v in metrics.items()}
   return loss, metrics
-
-
-def accumulate_metrics(
-    total: dict[str, jax.Array], new: dict[str, jax.Array]
-) -> dict[str, jax.Array]:
-  """Combines two micro-batches' `policy_loss` metrics.
-
-  Keys ending in `_max` take the maximum, every other key adds (each is a
-  share of the mini-batch value). Starting from zeros is exact: the only
-  `_max` metric, the ratio, is positive.
-
-  Args:
-    total: metrics so far (or zeros of the same structure).
-    new: one micro-batch's metrics.
-
-  Returns:
-    The combined flat dict.
-  """
-  if total.keys() != new.keys():
-    raise ValueError(
-        f"metric keys differ: {sorted(total)} vs {sorted(new)}."
-    )
-  return {
-      k: jnp.maximum(total[k], new[k]) if k.endswith("_max")
-      else total[k] + new[k]
-      for k in total
-  }

@@ -56,6 +56,7 @@ import numpy as np
 from reasoning_gym import factory as reasoning_gym_factory
 import tqdm
 
+from rlvr_jax import checkpoints
 from rlvr_jax import sharding
 from rlvr_jax.data import files
 from rlvr_jax.data import iterator as data_iterator
@@ -69,7 +70,6 @@ from rlvr_jax.rewards import answers
 from rlvr_jax.rewards import math_checker
 from rlvr_jax.rewards import scorers
 from rlvr_jax.sampling import sampler as sampler_lib
-from rlvr_jax.training import checkpoints
 
 Record = dict[str, Any]
 

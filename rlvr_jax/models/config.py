@@ -12,7 +12,8 @@ import dataclasses
 from typing import Any
 
 _ROPE_TYPES = ("default", "linear", "llama3")
-_DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16")  # Compute and parameter dtypes.
+REMATS = ("none", "full", "dots")  # Rematerialization modes (`ModelConfig.remat`).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,10 +98,10 @@ class ModelConfig:
           f"num_heads={self.num_heads} is not a multiple of "
           f"num_kv_heads={self.num_kv_heads}.")
     for name in ("param_dtype", "dtype"):
-      if getattr(self, name) not in _DTYPES:
-        raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {_DTYPES}.")
-    if self.remat not in ("none", "full", "dots"):
-      raise ValueError(f"remat={self.remat!r}; choose 'none', 'full' or 'dots'.")
+      if getattr(self, name) not in DTYPES:
+        raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {DTYPES}.")
+    if self.remat not in REMATS:
+      raise ValueError(f"remat={self.remat!r}; choose one of {REMATS}.")
 
   def replace(self, **changes: Any) -> ModelConfig:
     return dataclasses.replace(self, **changes)

@@ -24,24 +24,30 @@ from typing import Any
 import ml_collections
 
 from rlvr_jax.algorithms import advantages
+from rlvr_jax.algorithms import delta
 from rlvr_jax.algorithms import losses
 from rlvr_jax.data import iterator as data_iterator
 from rlvr_jax.data import prompts
 from rlvr_jax.data import tasks
+from rlvr_jax.models import config as model_config_lib
+from rlvr_jax.rewards import scorers
+from rlvr_jax.training import optimizer
 
+# Each flag's choices, from the module that owns them (config_checks only adds
+# the choices it resolves itself: 'scrl', checker 'auto').
 _CHOICES = {
     "algo.advantage": tuple(advantages.ESTIMATORS) + ("scrl",),
     "algo.policy_loss": tuple(losses.POLICY_LOSSES),
     "algo.loss_agg": tuple(losses.AGGREGATIONS),
     "algo.kl_estimator": tuple(losses.KL_ESTIMATORS),
-    "algo.delta_scope": ("batch", "group"),
+    "algo.delta_scope": delta.SCOPES,
     "data.source": data_iterator.SOURCES,
     "data.template": prompts.TEMPLATES,
-    "reward.checker": ("auto", "reasoning_gym", "exact", "math_verify"),
-    "model.remat": ("none", "full", "dots"),
-    "model.dtype": ("float32", "bfloat16"),
-    "model.param_dtype": ("float32", "bfloat16"),
-    "optim.decay": ("constant", "cosine", "linear"),
+    "reward.checker": ("auto",) + scorers.CHECKERS,
+    "model.remat": model_config_lib.REMATS,
+    "model.dtype": model_config_lib.DTYPES,
+    "model.param_dtype": model_config_lib.DTYPES,
+    "optim.decay": optimizer.DECAYS,
     "train.old_logp": ("recompute", "sampler"),
 }
 
@@ -125,7 +131,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   positive = ("rl.steps", "rl.prompts_per_batch", "rl.group_size", "rl.mini_batches",
               "rl.micro_batches", "rl.max_prompt_len", "rl.max_new_tokens",
               "train.eval_batch_size", "train.eval_max_new_tokens", "train.save_every",
-              "train.keep")
+              "train.keep", "train.log_every")
   for path in positive:
     if _get(config, path) < 1:
       _fail(path, _get(config, path), "must be >= 1.")

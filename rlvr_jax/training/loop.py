@@ -33,6 +33,7 @@ import numpy as np
 import optax
 import tqdm
 
+from rlvr_jax import checkpoints
 from rlvr_jax import sharding
 from rlvr_jax.algorithms import delta as delta_lib
 from rlvr_jax.data import iterator as data_iterator
@@ -43,7 +44,6 @@ from rlvr_jax.models import loader
 from rlvr_jax.rewards import math_checker
 from rlvr_jax.rewards import scorers
 from rlvr_jax.sampling import sampler as sampler_lib
-from rlvr_jax.training import checkpoints
 from rlvr_jax.training import config_checks
 from rlvr_jax.training import credit as credit_lib
 from rlvr_jax.training import metrics as metrics_lib
@@ -141,12 +141,7 @@ class Trainer:
         transform_non_params=lambda _: sharding.replicated(self.mesh))
     with sharding.use_mesh(self.mesh):
       self.opt_state = jax.jit(self.optimizer.init, out_shardings=opt_shardings)(self.params)
-    self.loss_config = step_lib.LossConfig(
-        objective=c.algo.policy_loss, eps_low=c.algo.eps_low, eps_high=c.algo.eps_high,
-        dual_clip=c.algo.dual_clip or None, agg=c.algo.loss_agg,
-        max_response_len=c.rl.max_new_tokens, kl_coef=c.algo.kl_coef,
-        kl_estimator=c.algo.kl_estimator, temperature=c.rl.temperature,
-        logprob_chunk=c.train.logprob_chunk or None)
+    self.loss_config = step_lib.LossConfig.from_config(c)
     self.prompt_len = self.sampler.prompt_len
     self.mini_rows = config_checks.update_rows(c) // c.rl.mini_batches
     self.update_fn = step_lib.jit_update_step(
@@ -254,10 +249,9 @@ class Trainer:
       nnx.update(self.model, self.params)
     update_metrics = jax.device_get(update_metrics)
     timings["time/update_s"] = time.perf_counter() - t0
-    for key in update_metrics[0]:
-      values = [float(m[key]) for m in update_metrics]
-      metrics[key] = (max(values) if key.endswith("_max") else
-                      sum(values) if key == "train/skipped" else float(np.mean(values)))
+    combined = metrics_lib.combine_metrics(
+        [{k: float(v) for k, v in m.items()} for m in update_metrics], shares=False)
+    metrics.update({k: float(v) for k, v in combined.items()})
     tokens = float(response_mask.sum())
     metrics.update(timings)
     metrics["time/step_s"] = sum(timings.values())
@@ -279,7 +273,7 @@ class Trainer:
             for i in range(self.config.rl.mini_batches)]
 
   def _delta_report(self, step: int, coef: jax.Array, gbatch: dict[str, jax.Array]) -> None:
-    from rlvr_jax.algorithms import delta_report  # pylint: disable=g-import-not-at-top
+    from rlvr_jax.training import delta_report  # pylint: disable=g-import-not-at-top
     coef, mask, adv, tokens = (_host(x) for x in (
         coef, gbatch["response_mask"], gbatch["advantages"], gbatch["tokens"]))
     if not self.is_main:
@@ -358,9 +352,13 @@ class Trainer:
                         done, last_good)
       else:
         skipped_in_row = 0
-      if c.train.eval_every and done % c.train.eval_every == 0 and done != c.rl.steps:
+      evaluated = bool(c.train.eval_every) and done % c.train.eval_every == 0 and (
+          done != c.rl.steps)
+      if evaluated:
         metrics.update(self.evaluate(f"step {done}").metrics("eval"))
-      self.writer.write(done, metrics)
+      if evaluated or metrics["train/skipped"] > 0 or metrics_lib.is_logged_step(
+          done, log_every=c.train.log_every, last_step=c.rl.steps):
+        self.writer.write(done, metrics)
       if skipped_in_row >= c.train.max_skipped_steps:
         self.checkpointer.wait()
         raise FloatingPointError(

@@ -1,18 +1,88 @@
-"""Metric sinks of a run: JSONL (always), TensorBoard events, PNG curves.
+"""Metrics of a run: the one rule that combines them, and their sinks.
 
-Only process 0 writes. Keys are flat and slash-separated
-(`reward/mean`, `policy/clipfrac_high`); values are plain floats.
+`combine_metrics` combines the metrics of the parts of a step (micro-batches
+inside the jitted update, mini-batches on the host) by one rule per key
+suffix. The sinks: JSONL (always), TensorBoard events, PNG curves; only
+process 0 writes. Keys are flat and slash-separated (`reward/mean`,
+`policy/clipfrac_high`); logged values are plain floats.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import operator
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+
+def combine_rule(key: str) -> str:
+  """How `combine_metrics` combines the values of `key`: 'max', 'sum' or 'mean'.
+
+  - a key ending in `_max` (`policy/ratio_max`) is a maximum: 'max';
+  - a key ending in `skipped` (`train/skipped`) counts events: 'sum';
+  - every other key is an average over the tokens or rows of its part: 'mean'.
+  """
+  if key.endswith("_max"):
+    return "max"
+  if key.endswith("skipped"):
+    return "sum"
+  return "mean"
+
+
+def combine_metrics(parts: Sequence[Mapping[str, Any]], *, shares: bool) -> dict[str, Any]:
+  """One value per key from the metrics of the parts of a step (rule: `combine_rule`).
+
+  The 'mean' keys depend on what a part holds. With `shares=True` each part
+  holds its share of the whole's average, numerator_part / denominator_whole
+  (METHODS.md 1.3: the micro-batches of one mini-batch), so the shares add.
+  With `shares=False` each part holds its own average (the mini-batches of a
+  step, one optimizer update each), and the parts count equally: the mean of
+  the values. 'max' keys take the maximum and 'sum' keys add in both cases.
+
+  Works on host numbers and numpy arrays and on jax arrays, inside `jax.jit`
+  too (the trainer folds its micro-batches pairwise, starting from zeros,
+  which is exact for these rules while every `_max` metric is >= 0).
+
+  Args:
+    parts: >= 1 flat metric dicts, all with the same keys.
+    shares: whether each part's averages are shares of the whole's.
+
+  Returns:
+    The combined flat dict, keys in the order of `parts[0]`.
+  """
+  if not parts:
+    raise ValueError("parts: no metrics to combine.")
+  for part in parts[1:]:
+    if part.keys() != parts[0].keys():
+      raise ValueError(f"parts: metric keys differ: {sorted(parts[0])} vs {sorted(part)}.")
+  xp = jnp if any(isinstance(v, jax.Array) for p in parts for v in p.values()) else np
+  combined = {}
+  for key in parts[0]:
+    values = [part[key] for part in parts]
+    rule = combine_rule(key)
+    if rule == "max":
+      combined[key] = functools.reduce(xp.maximum, values)
+    elif rule == "sum" or shares:
+      combined[key] = functools.reduce(operator.add, values)
+    else:
+      combined[key] = xp.mean(xp.stack(values), axis=0)
+  return combined
+
+
+def is_logged_step(step: int, *, log_every: int, last_step: int) -> bool:
+  """Whether step (1-based) writes its metric row: every log_every-th step and the last.
+
+  (The trainer also writes a step that evaluated or skipped its update.)
+  """
+  if log_every < 1:
+    raise ValueError(f"log_every={log_every}: must be >= 1 (--config.train.log_every).")
+  return step % log_every == 0 or step == last_step
 
 
 def to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:

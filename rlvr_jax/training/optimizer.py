@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import optax
 
-_DECAYS = ("constant", "cosine", "linear")
+DECAYS = ("constant", "cosine", "linear")
 
 
 def learning_rate_schedule(*, lr: float, warmup_steps: int, total_steps: int,
@@ -31,8 +31,8 @@ def learning_rate_schedule(*, lr: float, warmup_steps: int, total_steps: int,
   Returns:
     An optax schedule step -> learning rate.
   """
-  if decay not in _DECAYS:
-    raise ValueError(f"optim.decay={decay!r}; choose one of {_DECAYS}.")
+  if decay not in DECAYS:
+    raise ValueError(f"optim.decay={decay!r}; choose one of {DECAYS}.")
   decay_steps = max(total_steps - warmup_steps, 1)
   if decay == "constant":
     after = optax.constant_schedule(lr)

@@ -29,6 +29,7 @@ import optax
 from rlvr_jax import sharding
 from rlvr_jax.algorithms import losses
 from rlvr_jax.models import logprobs as logprobs_lib
+from rlvr_jax.training import metrics as metrics_lib
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -38,12 +39,16 @@ Batch = dict[str, Array]
 class LossConfig:
   """Static settings of the policy loss (flags under config.algo / config.rl).
 
+  Each field has its flag's name and meaning, except that a value that is off
+  is None here (the argument convention of the loss functions) where the flag
+  says 0 (`from_config` maps them).
+
   Attributes:
-    objective: `policy_loss` flag (ppo_clip | gspo | gspo_token).
-    eps_low: lower clip width.
-    eps_high: upper clip width.
+    policy_loss: `algo.policy_loss` (ppo_clip | gspo | gspo_token).
+    eps_low: lower clip width epsilon_low.
+    eps_high: upper clip width epsilon_high.
     dual_clip: dual-clip constant c for A < 0, or None.
-    agg: `loss_agg` flag (token_mean | seq_mean_token_mean |
+    loss_agg: `algo.loss_agg` (token_mean | seq_mean_token_mean |
       seq_mean_token_sum_norm).
     max_response_len: T_max of seq_mean_token_sum_norm.
     kl_coef: weight of the KL term (0 = no reference pass).
@@ -52,16 +57,27 @@ class LossConfig:
     logprob_chunk: LM-head chunk over T (None = whole T).
   """
 
-  objective: str = "ppo_clip"
+  policy_loss: str = "ppo_clip"
   eps_low: float = 0.2
   eps_high: float = 0.2
   dual_clip: float | None = None
-  agg: str = "token_mean"
+  loss_agg: str = "token_mean"
   max_response_len: int | None = None
   kl_coef: float = 0.0
   kl_estimator: str = "k3"
   temperature: float = 1.0
   logprob_chunk: int | None = None
+
+  @classmethod
+  def from_config(cls, config: Any) -> LossConfig:
+    """The loss settings of a run config: the one place a 0 (off) flag becomes None."""
+    c = config
+    return cls(
+        policy_loss=c.algo.policy_loss, eps_low=c.algo.eps_low, eps_high=c.algo.eps_high,
+        dual_clip=c.algo.dual_clip or None, loss_agg=c.algo.loss_agg,
+        max_response_len=c.rl.max_new_tokens, kl_coef=c.algo.kl_coef,
+        kl_estimator=c.algo.kl_estimator, temperature=c.rl.temperature,
+        logprob_chunk=c.train.logprob_chunk or None)
 
 
 def split_micro_batches(batch: Batch, num_micro: int) -> Batch:
@@ -150,7 +166,7 @@ def update_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
   c = loss_config
   mask = batch["response_mask"].astype(jnp.float32)
   denominator = losses.aggregation_denominator(
-      mask, agg=c.agg, max_response_len=c.max_response_len)
+      mask, loss_agg=c.loss_agg, max_response_len=c.max_response_len)
   token_count = jnp.sum(mask)
   micro = split_micro_batches(batch, num_micro)
 
@@ -163,8 +179,8 @@ def update_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
     loss, metrics = losses.policy_loss(
         out.logp, mb["old_logp"], mb["advantages"], m,
         loss_denominator=denominator, token_count=token_count,
-        objective=c.objective, eps_low=c.eps_low, eps_high=c.eps_high,
-        dual_clip=c.dual_clip, agg=c.agg, max_response_len=c.max_response_len,
+        policy_loss=c.policy_loss, eps_low=c.eps_low, eps_high=c.eps_high,
+        dual_clip=c.dual_clip, loss_agg=c.loss_agg, max_response_len=c.max_response_len,
         ref_logp=mb.get("ref_logp"), kl_coef=c.kl_coef, kl_estimator=c.kl_estimator)
     metrics["policy/entropy"] = jnp.sum(out.entropy * m) / jnp.maximum(token_count, 1.0)
     return loss, metrics
@@ -175,7 +191,7 @@ def update_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
     grads, metrics = carry
     (_, new_metrics), new_grads = grad_fn(params, mb)
     return (jax.tree.map(jnp.add, grads, new_grads),
-            losses.accumulate_metrics(metrics, new_metrics)), None
+            metrics_lib.combine_metrics([metrics, new_metrics], shares=True)), None
 
   first = jax.tree.map(lambda x: x[0], micro)
   zero_metrics = jax.tree.map(jnp.zeros_like, jax.eval_shape(loss_fn, params, first)[1])

@@ -1,0 +1,1 @@
+"""Offline tools beside the binaries: they may import every library layer."""
