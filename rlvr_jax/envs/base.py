@@ -134,6 +134,22 @@ class Environment(abc.ABC):
     self.done = result.done
     return result
 
+  def truncate(self) -> StepResult:
+    """Ends the running episode before its end (the caller's context is full).
+
+    Returns:
+      A done `StepResult` with the reward channels of the state reached (as
+      at max_turns).
+
+    Raises:
+      RuntimeError: when no episode is running.
+    """
+    if self.done:
+      raise RuntimeError(f"{self.name}: truncate() without a running episode")
+    self.done = True
+    return StepResult(observation="Episode over: context full.", done=True,
+                      rewards=self._final_rewards())
+
   @abc.abstractmethod
   def _reset(self, *, seed: int, level: int) -> str:
     """Generates the episode's problem from (seed, level); the first text."""

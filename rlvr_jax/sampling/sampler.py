@@ -245,6 +245,26 @@ def _sample(logits: Array, key: Array, *, temperature: Array, top_p: Array,
   return tokens, z_token - z_max[:, 0] - jnp.log(total)
 
 
+# --- begin: token draws for other samplers (rlvr_jax.sampling.multiturn) ---
+def draw(logits: Array, key: Array, *, temperature: Array, top_p: Array, greedy: bool,
+         top_k: int, use_top_p: bool) -> tuple[Array, Array]:
+  """`_sample` with its settings as arguments: tokens [B] and their log-probs [B].
+
+  Args:
+    logits: [B, V] float32.
+    key: PRNG key of this step.
+    temperature: scalar > 0 (unused when greedy).
+    top_p: scalar in (0, 1] (used when use_top_p).
+    greedy: argmax decoding (log-probs at temperature 1).
+    top_k: keep the k most probable tokens; 0 disables it.
+    use_top_p: whether top_p applies (static).
+  """
+  cfg = _LoopConfig(max_new_tokens=1, greedy=greedy, top_k=top_k, use_top_p=use_top_p,
+                    eos_token_ids=(), pad_token_id=0)
+  return _sample(logits, key, temperature=temperature, top_p=top_p, cfg=cfg)
+# --- end: token draws for other samplers ---
+
+
 # ---------------------------------------------------------------------------
 # The jitted generation function.
 

@@ -126,6 +126,13 @@ class Trainer:
       self.eval_sampler = sampler_lib.Sampler(
           self.model, self.tokenizer, max_prompt_len=c.rl.max_prompt_len,
           max_new_tokens=c.train.eval_max_new_tokens, mesh=self.mesh)
+    # --- begin: environment episodes (issue 18; rlvr_jax.training.env_rollout) ---
+    self.env_rollout = None
+    if config.get("env") is not None and config.env.name:
+      from rlvr_jax.training import env_rollout  # pylint: disable=g-import-not-at-top
+      self.env_rollout = env_rollout.EnvRollout(c, model=self.model, tokenizer=self.tokenizer)
+      self.sampler = self.credit = self.env_rollout
+    # --- end: environment episodes ---
     self.graphdef, self.params, self.rest = step_lib.split_model(self.model)
     self.ref_params = (jax.tree.map(jnp.copy, self.params) if c.algo.kl_coef > 0 else None)
     total_updates = c.rl.steps * c.rl.mini_batches
@@ -172,6 +179,11 @@ class Trainer:
 
   def evaluate(self, name: str) -> heldout.HeldOutResult:
     """Greedy accuracy on the held-out records with the current params."""
+    if self.env_rollout is not None:  # issue 18: greedy success on fixed episodes
+      result, _ = self.env_rollout.evaluate(batch_size=self.config.train.eval_batch_size)
+      logging.info("%s held-out success %.4f on %d episodes", name, result.accuracy,
+                   result.correct.size)
+      return result
     # The one held-out evaluation (also experiments.evaluate's and RELEX's).
     result = heldout.HeldOutResult.from_benchmark(evaluate_lib.evaluate_heldout(
         self.config, sampler=self.eval_sampler, tokenizer=self.tokenizer,
@@ -288,8 +300,11 @@ class Trainer:
   # -- the run -------------------------------------------------------------------
 
   def _meta(self, step: int) -> dict[str, Any]:
-    return {"step": step, "data": self.iterator.get_state(), "seed": self.config.rl.seed,
+    meta = {"step": step, "data": self.iterator.get_state(), "seed": self.config.rl.seed,
             "model_config": self.model_config.to_dict()}
+    if self.env_rollout is not None:  # issue 18: the curriculum resumes exactly
+      meta["env"] = self.env_rollout.state_dict()
+    return meta
 
   def _check_finite_state(self, step: int) -> None:
     """Refuses to go on (and to save) with non-finite params or optimizer state."""
@@ -306,6 +321,8 @@ class Trainer:
     latest, self.params, self.opt_state, meta = restored
     nnx.update(self.model, self.params)
     self.iterator.set_state(meta["data"])
+    if self.env_rollout is not None:  # issue 18
+      self.env_rollout.load_state_dict(meta["env"])
     logging.info("resumed from step %d", latest)
     start = int(meta["step"])
     # Rows past the restored step are redone by this run; a finished run's
@@ -317,8 +334,10 @@ class Trainer:
     """Writes a held-out evaluation: accuracy, then per problem its outcome and text."""
     if not self.is_main:
       return
+    records = (list(self.sources.eval) if self.env_rollout is None  # issue 18: episodes
+               else self.env_rollout.eval_records())
     with open(path, "w") as f:
-      json.dump(result.to_json(list(self.sources.eval)), f, indent=1)
+      json.dump(result.to_json(records), f, indent=1)
 
   def run(self) -> dict[str, Any]:
     """Trains for rl.steps iterations; evaluates before/after; returns a summary."""
@@ -394,6 +413,9 @@ class Trainer:
       metrics_lib.plot_curves(
           self.writer.path, ("reward/mean", "reward/accuracy", "reward/format_rate"),
           os.path.join(self.workdir, "reward_curve.png"), title=c.model.source)
+      if self.env_rollout is not None:  # issue 18: each environment's level over steps
+        self.env_rollout.plot_levels(self.writer.path,
+                                     os.path.join(self.workdir, "curriculum_levels.png"))
     return summary
 
   def close(self) -> None:
