@@ -556,6 +556,7 @@ def policy_loss(
     ref_logp: jax.Array | None = None,
     kl_coef: float = 0.0,
     kl_estimator: str = "k3",
+    pg_loss_fn: PolicyLossFn | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """One micro-batch's share of the mini-batch loss, and additive metrics.
 
@@ -584,6 +585,9 @@ def policy_loss(
     kl_coef: KL weight, >= 0.
     kl_estimator: a key of `KL_ESTIMATORS`; `k3` is the straight-through form
       (value k3, gradient k2).
+    pg_loss_fn: a per-token policy loss with the signature of
+      `POLICY_LOSSES` values, used instead of `objective` when given (the
+      trainer's KL-Cov loss, `kl_cov.kl_cov_loss` bound to its selection).
 
   Returns:
     (loss, metrics): the float32 scalar loss share, and a flat dict of float32
@@ -604,7 +608,7 @@ def policy_loss(
     raise ValueError(f"kl_coef={kl_coef} > 0 needs ref_logp.")
   mask = mask.astype(jnp.float32)
   aggregate = get_aggregation(agg)
-  pg_loss, diagnostics = get_policy_loss(objective)(
+  pg_loss, diagnostics = (pg_loss_fn or get_policy_loss(objective))(
       logp, old_logp, advantages, mask,
       eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip,
   )
