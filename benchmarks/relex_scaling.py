@@ -44,10 +44,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from experiments import relex as relex_binary
 from rlvr_jax.models import config as config_lib
 from rlvr_jax.models import decoder
 from rlvr_jax.relex import checkpoint_io
+from rlvr_jax.relex import pipeline as relex_pipeline
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/relex_bench",
                                "Scratch folder for the synthetic run.")
@@ -123,7 +123,7 @@ def _child(window: int) -> None:
   output_dir = workdir / f"out_{window}"
   shutil.rmtree(output_dir, ignore_errors=True)
   start = time.perf_counter()
-  result = relex_binary.run(
+  result = relex_pipeline.run(
       run_dir=workdir / "run", window=list(range(1, window + 1)),
       target_steps=[_TARGET.value], output_dir=output_dir,
       max_chunk_bytes=_BUDGET.value, sharding="single")

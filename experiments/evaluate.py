@@ -17,18 +17,30 @@ per-problem JSONL of every sample and its verdict
   python -m experiments.evaluate --checkpoint=hf_dir --benchmarks=aime24.jsonl \
       --n=32 --temperature=1.0 --top_p=0.7 --max_new_tokens=4096
 
---checkpoint is a trainer workdir (orbax, with --step; the architecture comes
-from <workdir>/model_config.json and the tokenizer from --tokenizer, the run's
-model source), an HF directory, a .gguf file, 'smollm2' or 'random:<preset>'.
-The last line printed is the flat metric dict as one JSON object. Set
-JAX_COMPILATION_CACHE_DIR to reuse compiled code across runs.
+  # A run folder measured as the run measured itself: its held-out set,
+  # greedy, n = 1 (`heldout/pass@1` equals the run's eval_after.json accuracy):
+  python -m experiments.evaluate --checkpoint=runs/default
+
+--checkpoint is a trainer workdir (orbax, with --step), an HF directory, a
+.gguf file, 'smollm2' or 'random:<preset>'. A workdir is evaluated with the
+run's own settings (`evaluation.evaluate.load_for_evaluation` and
+`run_settings`): the model and tokenizer of its config.json's model.source
+with its dtypes, and as the defaults of the flags below its template,
+instruction, system prompt, few-shot count, task kwargs, data seed, sampling
+temperature / top-p / top-k, stop strings, evaluation lengths and batch size;
+--benchmarks defaults to 'heldout', the run's held-out set evaluated exactly
+as the trainer does (greedy, n = 1). A flag given on the command line
+overrides the run's value. The last line printed is the flat metric dict as
+one JSON object. Set JAX_COMPILATION_CACHE_DIR to reuse compiled code across
+runs.
 """
 
 import json
-from typing import Sequence
+from typing import Any, Sequence
 
 from absl import app
 from absl import flags
+import ml_collections
 
 from rlvr_jax import sharding
 from rlvr_jax.data import prompts
@@ -37,11 +49,10 @@ from rlvr_jax.evaluation import evaluate
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Trainer workdir, HF directory, .gguf, 'smollm2' or 'random:<preset>'.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step of a workdir (default: latest).")
-_TOKENIZER = flags.DEFINE_string(
-    "tokenizer", "", "Tokenizer of a workdir: the run's model.source ('' = 'smollm2').")
 _BENCHMARKS = flags.DEFINE_list(
-    "benchmarks", None, "JSONL/parquet files {problem, answer} (name = file stem) and/or "
-    "reasoning-gym task names (held-out split).")
+    "benchmarks", None, "JSONL/parquet files {problem, answer} (name = file stem), "
+    "reasoning-gym task names (held-out split) and/or 'heldout' (a run folder's held-out "
+    "set, greedy, n = 1; the default for a run folder).")
 _SIZE = flags.DEFINE_integer("size", 64, "Problems per reasoning-gym benchmark.")
 _TASK_KWARGS = flags.DEFINE_string(
     "task_kwargs", "{}", "JSON dict of reasoning-gym config fields for the task benchmarks.")
@@ -76,40 +87,61 @@ _RESULTS_DIR = flags.DEFINE_string(
     "results_dir", "runs/eval", "Where metrics.json, results.md and the samples go.")
 
 
+def _values(run_config: ml_collections.ConfigDict | None) -> dict[str, Any]:
+  """Flag name -> value: the flags given, else the run's settings, else the defaults."""
+  defaults = evaluate.run_settings(run_config) if run_config is not None else {}
+  values = {}
+  for name in ("benchmarks", "size", "task_kwargs", "columns", "limit", "file_checker", "n",
+               "temperature", "top_p", "top_k", "greedy", "stop_strings", "seed",
+               "max_new_tokens", "max_prompt_len", "template", "instruction",
+               "system_prompt", "few_shot", "few_shot_file", "batch_size", "workers",
+               "timeout_s"):
+    flag = flags.FLAGS[name]
+    values[name] = flag.value if flag.present or name not in defaults else defaults[name]
+  if flags.FLAGS["task_kwargs"].present or "task_kwargs" not in defaults:
+    try:
+      values["task_kwargs"] = json.loads(_TASK_KWARGS.value)
+    except json.JSONDecodeError as e:
+      raise app.UsageError(f"--task_kwargs={_TASK_KWARGS.value!r} is not JSON: {e}") from e
+  if not isinstance(values["task_kwargs"], dict):
+    raise app.UsageError(f"--task_kwargs={_TASK_KWARGS.value!r} must be a JSON object.")
+  if not values["benchmarks"]:
+    raise app.UsageError("--benchmarks is required (it defaults to 'heldout' only for a "
+                         "run folder).")
+  return values
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  for flag in (_CHECKPOINT, _BENCHMARKS):
-    if not flag.value:
-      raise app.UsageError(f"--{flag.name} is required.")
-  try:
-    task_kwargs = json.loads(_TASK_KWARGS.value)
-  except json.JSONDecodeError as e:
-    raise app.UsageError(f"--task_kwargs={_TASK_KWARGS.value!r} is not JSON: {e}") from e
-  if not isinstance(task_kwargs, dict):
-    raise app.UsageError(f"--task_kwargs={_TASK_KWARGS.value!r} must be a JSON object.")
+  if not _CHECKPOINT.value:
+    raise app.UsageError("--checkpoint is required.")
+  run_config = None
+  if evaluate.is_run_dir(_CHECKPOINT.value):
+    run_config = evaluate.read_run_config(_CHECKPOINT.value)
+  v = _values(run_config)
+  if evaluate.HELDOUT in v["benchmarks"] and run_config is None:
+    raise app.UsageError(f"--benchmarks={evaluate.HELDOUT} needs a run folder as "
+                         f"--checkpoint; {_CHECKPOINT.value!r} is not one.")
   sampling = evaluate.Sampling(
-      num_samples=_N.value, temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
-      top_k=_TOP_K.value, greedy=_GREEDY.value, seed=_SEED.value,
-      stop_strings=tuple(_STOP_STRINGS.value))
+      num_samples=v["n"], temperature=v["temperature"], top_p=v["top_p"], top_k=v["top_k"],
+      greedy=v["greedy"], seed=v["seed"], stop_strings=tuple(v["stop_strings"]))
+  others = [b for b in v["benchmarks"] if b != evaluate.HELDOUT]
   benchmarks = evaluate.load_benchmarks(
-      _BENCHMARKS.value, size=_SIZE.value, seed=_SEED.value, task_kwargs=task_kwargs,
-      columns=_COLUMNS.value, limit=_LIMIT.value, file_checker=_FILE_CHECKER.value,
-      few_shot=_FEW_SHOT.value, few_shot_file=_FEW_SHOT_FILE.value)
+      others, size=v["size"], seed=v["seed"], task_kwargs=v["task_kwargs"],
+      columns=v["columns"], limit=v["limit"], file_checker=v["file_checker"],
+      few_shot=v["few_shot"], few_shot_file=v["few_shot_file"]) if others else []
   mesh = sharding.make_mesh()
-  model, tokenizer, description = evaluate.load_for_evaluation(
-      _CHECKPOINT.value, step=_STEP.value, tokenizer=_TOKENIZER.value, mesh=mesh)
-  results = evaluate.evaluate_model(
-      model, tokenizer, benchmarks, sampling=sampling, max_prompt_len=_MAX_PROMPT_LEN.value,
-      max_new_tokens=_MAX_NEW_TOKENS.value, template=_TEMPLATE.value,
-      instruction=_INSTRUCTION.value, system_prompt=_SYSTEM_PROMPT.value,
-      batch_size=_BATCH_SIZE.value, mesh=mesh, workers=_WORKERS.value,
-      timeout_s=_TIMEOUT_S.value)
-  settings = {flag.name: flag.value for flag in (
-      _BENCHMARKS, _SIZE, _COLUMNS, _LIMIT, _FILE_CHECKER, _N, _TEMPERATURE, _TOP_P, _TOP_K,
-      _GREEDY, _STOP_STRINGS, _SEED, _MAX_NEW_TOKENS, _MAX_PROMPT_LEN, _TEMPLATE,
-      _INSTRUCTION, _SYSTEM_PROMPT, _FEW_SHOT, _FEW_SHOT_FILE, _BATCH_SIZE)}
-  settings.update(checkpoint=description, task_kwargs=task_kwargs)
+  loaded = evaluate.load_for_evaluation(_CHECKPOINT.value, step=_STEP.value, mesh=mesh)
+  sampled = iter(evaluate.evaluate_model(
+      loaded.model, loaded.tokenizer, benchmarks, sampling=sampling,
+      max_prompt_len=v["max_prompt_len"], max_new_tokens=v["max_new_tokens"],
+      template=v["template"], instruction=v["instruction"],
+      system_prompt=v["system_prompt"], batch_size=v["batch_size"], mesh=mesh,
+      workers=v["workers"], timeout_s=v["timeout_s"]) if benchmarks else [])
+  results = [evaluate.evaluate_loaded_heldout(loaded, mesh=mesh)
+             if name == evaluate.HELDOUT else next(sampled) for name in v["benchmarks"]]
+  settings = dict(v, checkpoint=loaded.description)
   paths = evaluate.write_results(results, _RESULTS_DIR.value, settings=settings)
   print(evaluate.format_table(results))
   print(f"wrote {', '.join(paths.values())}")

@@ -39,9 +39,9 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from experiments import relex as relex_binary
 from rlvr_jax.evaluation import evaluate
 from rlvr_jax.evaluation import heldout
+from rlvr_jax.relex import pipeline as relex_pipeline
 from rlvr_jax.training import loop
 from rlvr_jax.training import metrics as metrics_lib
 
@@ -167,10 +167,10 @@ def _relex(trainer: loop.Trainer, run_dir: str, seed: int, grpo_seconds: float,
   """RELEX from the GRPO run's first 20%, extrapolated to its last step."""
   c = trainer.config
   window = relex_window(c)
-  out_dir = os.path.join(run_dir, "relex")
+  out_dir = run_dir + "_relex"  # RELEX refuses a folder inside the run.
   start = time.perf_counter()
-  diag = relex_binary.run(run_dir=run_dir, window=window, target_steps=[c.rl.steps],
-                          output_dir=out_dir)
+  diag = relex_pipeline.run(run_dir=run_dir, window=window, target_steps=[c.rl.steps],
+                            output_dir=out_dir)
   relex_seconds = time.perf_counter() - start
   evaluate.restore_into(trainer.model, os.path.join(out_dir, "checkpoints"), c.rl.steps)
   result = trainer.evaluate("relex")

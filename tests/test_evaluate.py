@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from experiments import evaluate as evaluate_binary
-from experiments import train as train_binary
 from experiments.configs import tiny
 from rlvr_jax import sharding
 from rlvr_jax.evaluation import evaluate
@@ -22,7 +21,8 @@ from rlvr_jax.models import loader
 from rlvr_jax.rewards import answers
 from rlvr_jax.rewards import math_checker
 from rlvr_jax.rewards import scorers
-from rlvr_jax.training import checkpoints
+from rlvr_jax import checkpoints
+from rlvr_jax.training import loop
 
 _FILE_ROWS = [
     {"problem": "What is 1/2 + 1/4?", "answer": "\\frac{3}{4}"},
@@ -221,6 +221,8 @@ def run_dir(tmp_path_factory, tiny_model):
   workdir = str(tmp_path_factory.mktemp("run"))
   with open(os.path.join(workdir, "model_config.json"), "w") as f:
     json.dump(config.to_dict(), f)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(tiny.get_config().to_json())
   ckpt = checkpoints.Checkpointer(workdir, save_every=1, keep=2, dense_window=0,
                                   async_save=False)
   trained = decoder.create_model(config, seed=1)
@@ -245,13 +247,15 @@ def test_checkpoint_round_trip_evaluates_like_the_in_memory_model(run_dir, tiny_
   _, tokenizer, _ = tiny_model
   mesh = sharding.make_mesh()
   [bench] = evaluate.load_benchmarks([bench_file], size=1, file_checker="exact")
-  restored, restored_tokenizer, description = evaluate.load_for_evaluation(workdir, mesh=mesh)
-  assert description == f"{workdir}@step2"  # the latest step
-  assert len(restored_tokenizer) == len(tokenizer)
+  loaded = evaluate.load_for_evaluation(workdir, mesh=mesh)
+  restored = loaded.model
+  assert loaded.description == f"{workdir}@step2"  # the latest step
+  assert loaded.config.model.source == "random:tiny"
+  assert len(loaded.tokenizer) == len(tokenizer)
   for got, want in zip(jax.tree.leaves(_pure_params(restored)),
                        jax.tree.leaves(_pure_params(trained))):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-  base, _, _ = evaluate.load_for_evaluation(workdir, step=0)
+  base = evaluate.load_for_evaluation(workdir, step=0).model
   seed0 = decoder.create_model(trained.config, seed=0)
   for got, want in zip(jax.tree.leaves(_pure_params(base)), jax.tree.leaves(_pure_params(seed0))):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
@@ -269,8 +273,8 @@ def test_checkpoint_round_trip_evaluates_like_the_in_memory_model(run_dir, tiny_
     evaluate.load_for_evaluation(workdir, step=1)
 
 
-def test_evaluate_checkpoint_for_relex(run_dir):
-  """experiments.train.evaluate_checkpoint on a params item directory."""
+def test_evaluate_trainer_checkpoint_for_relex(run_dir):
+  """RELEX --eval's entry point on a params item directory."""
   workdir, _ = run_dir
   c = tiny.get_config()
   c.reward.checker = "exact"
@@ -281,12 +285,71 @@ def test_evaluate_checkpoint_for_relex(run_dir):
   c.train.eval_max_new_tokens = _T
   c.rl.max_prompt_len = _P
   params_dir = os.path.join(workdir, "checkpoints", "2", "params")
-  metrics = train_binary.evaluate_checkpoint(params_dir, c)
-  assert set(metrics) == {"eval/pass@1", "eval/avg@1", "eval/maj@1"}
-  assert 0.0 <= metrics["eval/pass@1"] <= 1.0
-  assert metrics["eval/avg@1"] == metrics["eval/pass@1"]
+  metrics = evaluate.evaluate_trainer_checkpoint(params_dir, c)
+  assert set(metrics) == {"heldout/pass@1", "heldout/avg@1", "heldout/maj@1"}
+  assert 0.0 <= metrics["heldout/pass@1"] <= 1.0
+  assert metrics["heldout/avg@1"] == metrics["heldout/pass@1"]
   with pytest.raises(ValueError, match="params_dir_or_step"):
-    train_binary.evaluate_checkpoint(os.path.join(workdir, "checkpoints"), c)
+    evaluate.evaluate_trainer_checkpoint(os.path.join(workdir, "checkpoints"), c)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+  """A tiny run trained 1 step with its own eval_after.json.
+
+  Its template, few-shot count, task difficulty, lengths and batch size all
+  differ from experiments.evaluate's flag defaults, so an evaluation that did
+  not read the run's config would render other prompts.
+  """
+  c = tiny.get_config()
+  c.rl.steps = 1
+  c.data.eval_size = 8
+  c.data.few_shot = 2
+  c.data.task_kwargs = dict(_TASK_KWARGS)
+  c.train.eval_before = False
+  c.train.eval_batch_size = 8
+  c.train.eval_max_new_tokens = 6
+  c.train.dense_window = 1
+  c.train.tensorboard = False
+  workdir = str(tmp_path_factory.mktemp("trained"))
+  loop.train_and_evaluate(c, workdir)
+  return workdir
+
+
+def test_run_folder_evaluation_equals_the_trainers_own(trained_run, tmp_path, capsys):
+  """experiments.evaluate on a run folder: pass@1 == the run's eval_after accuracy."""
+  with open(os.path.join(trained_run, "eval_after.json")) as f:
+    after = json.load(f)
+  out = str(tmp_path / "eval")
+  argv = ["evaluate", f"--checkpoint={trained_run}", f"--results_dir={out}"]
+  flags.FLAGS(argv)
+  try:
+    evaluate_binary.main(argv[:1])
+  finally:
+    flags.FLAGS.unparse_flags()
+  printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert printed["heldout/pass@1"] == after["accuracy"]
+  rows = _read_rows(os.path.join(out, "heldout.samples.jsonl"))
+  # The same problems, the same greedy responses, the same verdicts.
+  assert [r["problem"] for r in rows] == [p["problem"] for p in after["problems"]]
+  assert [r["samples"][0]["text"] for r in rows] == [p["response"] for p in after["problems"]]
+  assert [float(r["num_correct"]) for r in rows] == after["correct"]
+  # Rendered with the run's template and its two few-shot examples.
+  assert all(r["prompt"].count("Question:") == 3 for r in rows)
+  with open(os.path.join(out, "metrics.json")) as f:
+    settings = json.load(f)["settings"]
+  assert settings["template"] == "few_shot" and settings["few_shot"] == 2
+  assert settings["task_kwargs"] == _TASK_KWARGS
+  assert settings["checkpoint"] == f"{trained_run}@step1"
+
+
+def test_run_folder_without_config_is_refused(run_dir, tmp_path):
+  workdir, _ = run_dir
+  bare = tmp_path / "bare"
+  os.makedirs(bare / "checkpoints" / "0")
+  (bare / "model_config.json").write_text(open(os.path.join(workdir, "model_config.json")).read())
+  with pytest.raises(FileNotFoundError, match="config.json is missing"):
+    evaluate.load_for_evaluation(str(bare))
 
 
 def test_argument_errors_name_the_flag(bench_file):

@@ -45,7 +45,7 @@ def torch_logp_entropy(logits: np.ndarray, targets: np.ndarray,
 
 
 def full_forward_logits(model, tokens, mask) -> np.ndarray:
-  hidden, _ = model(tokens, decoder.positions_from_mask(mask), mask)
+  hidden = model(tokens, decoder.positions_from_mask(mask), mask)
   return np.asarray(model.logits(hidden))
 
 
@@ -140,3 +140,32 @@ def test_hand_computed_logprob():
                                           temperature=0.5)
   np.testing.assert_allclose(np.asarray(logp), [[np.log(0.9), np.log(0.1), np.log(0.1)]],
                              rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad_id", [64, -1, 1000])
+def test_check_token_ids_rejects_ids_outside_vocabulary(bad_id):
+  # V = 64: the valid ids are 0 .. 63; id 64 used to give NaN log-probs and
+  # -1 silently wrapped around to id 63.
+  tokens = np.zeros((3, P + T), np.int32)
+  tokens[1, 5] = bad_id
+  tokens[2, 0] = bad_id
+  # The first bad id in row-major order is named, with the count of all of them.
+  with pytest.raises(ValueError, match=rf"tokens\[1, 5\] = {bad_id}: token id in row 1 "
+                                       rf"outside .*vocab_size=64\) \(2 such"):
+    logprobs.check_token_ids(tokens, vocab_size=64)
+  with pytest.raises(ValueError, match=rf"prompts\[0\]\[2\] = {bad_id}: token id outside"):
+    logprobs.check_token_ids([7, 8, bad_id], vocab_size=64, name="prompts[0]")
+  logprobs.check_token_ids(np.array([[0, 63]]), vocab_size=64)  # the edges are valid
+  logprobs.check_token_ids([], vocab_size=64)
+
+
+def test_check_token_ids_rejects_non_integer_ids():
+  with pytest.raises(ValueError, match="integer token ids"):
+    logprobs.check_token_ids(np.array([1.0, 2.0]), vocab_size=64)
+
+
+@pytest.mark.parametrize("bad_id", [64, -1])
+def test_response_logprobs_rejects_ids_outside_vocabulary(model, batch, bad_id):
+  tokens, mask = batch
+  with pytest.raises(ValueError, match=rf"tokens\[2, 9\] = {bad_id}: token id in row 2"):
+    logprobs.response_logprobs(model, tokens.at[2, 9].set(bad_id), mask, prompt_len=P)

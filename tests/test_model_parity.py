@@ -86,7 +86,7 @@ def torch_logits(model: transformers.PreTrainedModel, tokens: np.ndarray,
 
 def our_logits(model: decoder.Decoder, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
   positions = decoder.positions_from_mask(jnp.asarray(mask))
-  hidden, _ = model(jnp.asarray(tokens, jnp.int32), positions, jnp.asarray(mask))
+  hidden = model(jnp.asarray(tokens, jnp.int32), positions, jnp.asarray(mask))
   return np.asarray(model.logits(hidden))
 
 

@@ -1,11 +1,15 @@
-"""Executes notebooks/quickstart.ipynb top to bottom on CPU (nbclient)."""
+"""Executes notebooks/quickstart.ipynb top to bottom on CPU (nbclient); checks its install cell."""
 
+import ast
+import importlib.util
 import json
 import os
+import shutil
 import sys
 
 import nbclient
 import nbformat
+import pytest
 
 _NOTEBOOK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                          "notebooks", "quickstart.ipynb")
@@ -61,3 +65,54 @@ def test_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
   html = [o["data"]["text/html"] for c in code for o in _outputs(c, "display_data")
           if "text/html" in o["data"]]
   assert len(html) == 1 and html[0].count("<span title=\"c~ = ") >= 4
+
+
+def _install_functions():
+  """The functions of the notebook's install cell (its imports and defs only, nothing run)."""
+  nb = nbformat.read(_NOTEBOOK, as_version=4)
+  [cell] = [c for c in nb.cells if c.cell_type == "code" and "pip_install(" in c.source]
+  tree = ast.parse(cell.source)
+  tree.body = [n for n in tree.body
+               if isinstance(n, (ast.Import, ast.ImportFrom, ast.FunctionDef))]
+  namespace = {}
+  exec(compile(tree, _NOTEBOOK, "exec"), namespace)  # pylint: disable=exec-used
+  return namespace
+
+
+@pytest.mark.parametrize("modules, nvidia_smi, env, devices, kind", [
+    ((), False, {}, (), "cpu"),
+    (("jax_cuda12_plugin",), False, {}, (), "gpu"),  # Colab GPU: CUDA JAX preinstalled
+    ((), True, {}, (), "gpu"),  # a GPU without JAX yet
+    (("libtpu",), False, {}, (), "tpu"),  # Colab TPU: libtpu preinstalled
+    ((), False, {"COLAB_TPU_ADDR": "10.0.0.2:8470"}, (), "tpu"),
+    ((), False, {}, ("/dev/accel0",), "tpu"),
+])
+def test_install_cell_keeps_the_accelerator_build_of_jax(monkeypatch, modules, nvidia_smi, env,
+                                                         devices, kind):
+  """On a GPU/TPU runtime the package is installed with the extra of its JAX build.
+
+  Without it `pip install -e <clone>` may upgrade `jax` to the CPU-only jaxlib.
+  """
+  functions = _install_functions()
+  real_find_spec = importlib.util.find_spec
+  hidden = ("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin")
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
+      object() if name in modules else None if name in hidden else real_find_spec(name, *a)))
+  monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/nvidia-smi"
+                      if nvidia_smi and name == "nvidia-smi" else None)
+  real_exists = os.path.exists
+  monkeypatch.setattr(os.path, "exists", lambda path: path in devices or (
+      path != "/dev/accel0" and real_exists(path)))
+  monkeypatch.delenv("COLAB_TPU_ADDR", raising=False)
+  for key, value in env.items():
+    monkeypatch.setenv(key, value)
+  assert functions["accelerator"]() == kind
+  extra = {"cpu": "", "gpu": "[gpu]", "tpu": "[tpu]"}[kind]
+  assert functions["requirement"]("/src/rlvr_jax", kind) == "/src/rlvr_jax" + extra
+
+
+def test_notebook_says_which_runtime_it_was_checked_on():
+  nb = nbformat.read(_NOTEBOOK, as_version=4)
+  text = "".join(c.source for c in nb.cells if c.cell_type == "markdown")
+  assert "**Checked on:** a CPU runtime only" in text
+  assert "has not been run on a real GPU or TPU runtime" in text

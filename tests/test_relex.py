@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import types
 
 from absl import flags
 from absl.testing import flagsaver
@@ -19,13 +18,16 @@ import orbax.checkpoint as ocp
 import pytest
 import safetensors.numpy
 
-import experiments
 from experiments import relex as relex_binary
+from rlvr_jax.evaluation import evaluate as evaluate_lib
 from rlvr_jax.models import config as config_lib
 from rlvr_jax.models import decoder
+from rlvr_jax.relex import checkpoint_io
 from rlvr_jax.relex import diagnostics
+from rlvr_jax.relex import fit as fit_lib
+from rlvr_jax.relex import pipeline
 from rlvr_jax.relex import relex
-from rlvr_jax.training import checkpoints as train_checkpoints
+from rlvr_jax import checkpoints as train_checkpoints
 
 _TINY = config_lib.ModelConfig(
     vocab_size=16, hidden_size=8, intermediate_size=12, num_layers=2,
@@ -50,7 +52,7 @@ def _extrapolate(source, steps, target, *, rank=1, fit="linear", stacked=False,
   grams = relex.accumulate_gram(
       source, base_step=base_step, steps=steps, stacked=stacked,
       max_chunk_bytes=max_chunk_bytes)
-  fits = [relex.fit_tensor(g, steps, rank=rank, fit=fit) for g in grams]
+  fits = [fit_lib.fit_tensor(g, steps, rank=rank, fit=fit) for g in grams]
   weights = np.stack([f.weights(target) for f in fits])
   out, _ = relex.extrapolate_region(
       source, base_step=base_step, steps=steps, weights=weights,
@@ -136,21 +138,21 @@ def test_fit_polynomial_by_hand():
   # sum (s - 1.5)(c - 2.75) = 2.625 - 0.125 - 0.375 + 3.375 = 5.5,
   # sum (s - 1.5)^2 = 5 -> slope 1.1; fitted 1.1, 2.2, 3.3, 4.4;
   # ss_res = 0.01 + 0.64 + 1.69 + 0.36 = 2.7; ss_tot = 8.75.
-  coeffs, center, ss_res, ss_tot = relex.fit_polynomial(
+  coeffs, center, ss_res, ss_tot = fit_lib.fit_polynomial(
       np.arange(4.0), np.array([1.0, 3.0, 2.0, 5.0]), degree=1)
   np.testing.assert_allclose(coeffs, [2.75, 1.1], rtol=1e-12)
   assert center == 1.5
   np.testing.assert_allclose([ss_res, ss_tot], [2.7, 8.75], rtol=1e-12)
   # c(10) = 2.75 + 1.1 * 8.5 = 12.1.
-  np.testing.assert_allclose(relex.evaluate_polynomial(coeffs, center, 10.0),
+  np.testing.assert_allclose(fit_lib.evaluate_polynomial(coeffs, center, 10.0),
                              12.1, rtol=1e-12)
 
 
 def test_fit_polynomial_quadratic_is_exact_on_a_parabola():
   steps = np.array([1.0, 2.0, 4.0, 7.0])
-  coeffs, center, ss_res, _ = relex.fit_polynomial(steps, steps**2, degree=2)
+  coeffs, center, ss_res, _ = fit_lib.fit_polynomial(steps, steps**2, degree=2)
   assert ss_res < 1e-20
-  np.testing.assert_allclose(relex.evaluate_polynomial(coeffs, center, 10.0),
+  np.testing.assert_allclose(fit_lib.evaluate_polynomial(coeffs, center, 10.0),
                              100.0, rtol=1e-12)
 
 
@@ -193,7 +195,7 @@ def test_quadratic_fit_extrapolates_a_parabola():
   _, out = _extrapolate(source, [1, 2, 3, 4], 10, fit="linear")
   np.testing.assert_allclose(out, 45 * direction, rtol=1e-6)
   with pytest.raises(ValueError, match="fit='cubic'"):
-    relex.fit_tensor(np.eye(4), [1, 2, 3, 4], rank=1, fit="cubic")
+    fit_lib.fit_tensor(np.eye(4), [1, 2, 3, 4], rank=1, fit="cubic")
 
 
 # --- Synthetic trajectories ---------------------------------------------------
@@ -341,7 +343,7 @@ def test_summarize_pairs_by_hand():
   # sqrt(9/16) = 0.75; B adds (0, 0, 0) and (5, 20, 7) -> model
   # sqrt(9 / 36) = 0.5 and sqrt(16 / 36) = 2/3.
   def fit(lam, trace):
-    return relex.TensorFit(
+    return fit_lib.TensorFit(
         steps=np.array([1.0, 2.0]), eigenvalues=np.array([lam]),
         eigenvectors=np.array([[1.0], [0.0]]),
         spectrum=np.array([lam, trace - lam]), trace=trace,
@@ -476,8 +478,8 @@ def test_sharded_checkpoints_keep_the_base_sharding(tmp_path):
   _write_run(tmp_path / "run", trees)
   kwargs = dict(run_dir=tmp_path / "run", window=[1, 2, 3], target_steps=[6],
                 max_chunk_bytes=relex.COMBINE_BYTES_PER_ELEMENT * 7)
-  relex_binary.run(output_dir=tmp_path / "base", sharding="base", **kwargs)
-  relex_binary.run(output_dir=tmp_path / "single", sharding="single", **kwargs)
+  pipeline.run(output_dir=tmp_path / "base", sharding="base", **kwargs)
+  pipeline.run(output_dir=tmp_path / "single", sharding="single", **kwargs)
   sharded = train_checkpoints.restore_params(
       str(tmp_path / "base"), 6, target=trees[0])
   single = train_checkpoints.restore_params(str(tmp_path / "single"), 6)
@@ -535,36 +537,88 @@ def test_binary_checkpoint_mismatch_errors(tmp_path, change, match):
 
 
 def test_eval_hook(tmp_path, linear_run_dir, monkeypatch):
+  """--eval calls the one held-out evaluation on the last observed and each target."""
   calls = []
-  fake = types.ModuleType("experiments.train")
-  fake.evaluate_checkpoint = lambda path, config: (
-      calls.append((path, config)) or {"eval/accuracy": len(calls)})
-  monkeypatch.setitem(sys.modules, "experiments.train", fake)
-  monkeypatch.setattr(experiments, "train", fake, raising=False)
-  result = relex_binary.run(
+  monkeypatch.setattr(evaluate_lib, "evaluate_trainer_checkpoint", lambda path, config: (
+      calls.append((path, config)) or {"heldout/pass@1": len(calls)}))
+  result = pipeline.run(
       run_dir=linear_run_dir, window=[2, 4, 6, 8], target_steps=[12],
       output_dir=tmp_path / "out", eval_config={"name": "cfg"})
   assert calls == [
       (str(linear_run_dir / "checkpoints" / "8" / "params"), {"name": "cfg"}),
       (str(tmp_path / "out" / "checkpoints" / "12" / "params"),
        {"name": "cfg"})]
-  assert result["eval"] == {"8": {"eval/accuracy": 1},
-                            "12": {"eval/accuracy": 2}}
-  del fake.evaluate_checkpoint
-  with pytest.raises(ImportError, match="evaluate_checkpoint"):
-    relex_binary.run(run_dir=linear_run_dir, window=[2, 4],
-                     target_steps=[12], output_dir=tmp_path / "out2",
-                     eval_config={"name": "cfg"})
+  assert result["eval"] == {"8": {"heldout/pass@1": 1},
+                            "12": {"heldout/pass@1": 2}}
+
+
+def _no_checkpoint_reads(monkeypatch):
+  """Makes any checkpoint read fail the test: arguments must be checked first."""
+  def read(*args, **kwargs):
+    raise AssertionError("a checkpoint was read before the arguments were checked")
+  monkeypatch.setattr(checkpoint_io, "RunCheckpoints", read)
+
+
+@pytest.mark.parametrize("target, match", [
+    ("-3", r"--target_step \[-3\]: every target must be after --base_step=0"),
+    ("0", r"--target_step \[0\]: every target must be after --base_step=0"),
+    ("0,12", r"--target_step \[0\]"),
+])
+def test_target_steps_not_after_the_base_are_refused(tmp_path, linear_run_dir, monkeypatch,
+                                                    target, match):
+  _no_checkpoint_reads(monkeypatch)
+  with flagsaver.flagsaver(**_flags(tmp_path, run_dir=str(linear_run_dir),
+                                    target_step=target)):
+    with pytest.raises(ValueError, match=match):
+      relex_binary.main(["relex"])
+  assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("inside", ["", "relex", "checkpoints"])
+def test_output_dir_in_the_run_dir_is_refused(tmp_path, linear_run_dir, monkeypatch, inside):
+  _no_checkpoint_reads(monkeypatch)
+  out = os.path.join(str(linear_run_dir), inside) if inside else str(linear_run_dir) + "/."
+  with flagsaver.flagsaver(**_flags(tmp_path, run_dir=str(linear_run_dir), output_dir=out)):
+    with pytest.raises(ValueError, match="--output_dir=.* is (inside )?--run_dir"):
+      relex_binary.main(["relex"])
+  assert not os.path.exists(os.path.join(str(linear_run_dir), "relex"))
+
+
+def test_output_dir_with_a_later_step_is_refused_before_any_read(tmp_path, linear_run_dir,
+                                                                 monkeypatch):
+  pipeline.run(run_dir=linear_run_dir, window=[2, 4, 6, 8], target_steps=[20],
+               output_dir=tmp_path / "out")
+  _no_checkpoint_reads(monkeypatch)
+  for target in ("12", "20"):
+    with flagsaver.flagsaver(**_flags(tmp_path, run_dir=str(linear_run_dir),
+                                      target_step=target)):
+      with pytest.raises(ValueError, match=r"already holds checkpoints \[20\]; target steps "
+                         rf"\[{target}\] are not after"):
+        relex_binary.main(["relex"])
+  (tmp_path / "file").write_text("x")
+  with flagsaver.flagsaver(**_flags(tmp_path, run_dir=str(linear_run_dir),
+                                    output_dir=str(tmp_path / "file"))):
+    with pytest.raises(ValueError, match="is a file"):
+      relex_binary.main(["relex"])
+
+
+def test_save_checkpoint_fails_when_orbax_skips_the_step(tmp_path):
+  """orbax's manager skips a step lower than its latest; that must not pass silently."""
+  params = {"w": np.ones((2, 3), np.float32)}
+  checkpoint_io.save_checkpoint(tmp_path, 20, params, {"step": 20})
+  with pytest.raises(ValueError, match="orbax did not write step 12"):
+    checkpoint_io.save_checkpoint(tmp_path, 12, params, {"step": 12})
+  assert not (tmp_path / "checkpoints" / "12").exists()
 
 
 def test_parse_steps():
-  assert relex_binary.parse_steps("2:8:2", "window") == [2, 4, 6, 8]
-  assert relex_binary.parse_steps("1:3", "window") == [1, 2, 3]
-  assert relex_binary.parse_steps("5,1,3", "target_step") == [1, 3, 5]
+  assert pipeline.parse_steps("2:8:2", "window") == [2, 4, 6, 8]
+  assert pipeline.parse_steps("1:3", "window") == [1, 2, 3]
+  assert pipeline.parse_steps("5,1,3", "target_step") == [1, 3, 5]
   with pytest.raises(ValueError, match="--window='3:1'"):
-    relex_binary.parse_steps("3:1", "window")
+    pipeline.parse_steps("3:1", "window")
   with pytest.raises(ValueError, match="repeats"):
-    relex_binary.parse_steps("1,1", "target_step")
+    pipeline.parse_steps("1,1", "target_step")
 
 
 # --- Peak memory --------------------------------------------------------------
@@ -574,6 +628,7 @@ _MEMORY_SCRIPT = textwrap.dedent("""
     import numpy as np
     import orbax.checkpoint as ocp
     from rlvr_jax.relex import checkpoint_io, relex
+    from rlvr_jax.relex import fit as fit_lib
 
     def status(key):
       with open("/proc/self/status") as f:
@@ -601,7 +656,7 @@ _MEMORY_SCRIPT = textwrap.dedent("""
                                   stacked=True, max_chunk_bytes=budget)
     gram_peak = status("VmHWM:")
     weights = {"layers/w": np.stack([
-        relex.fit_tensor(g, steps, rank=1, fit="linear").weights(40)
+        fit_lib.fit_tensor(g, steps, rank=1, fit="linear").weights(40)
         for g in grams])}
     params, _ = checkpoint_io.extrapolate_params(
         run, weights, base_step=0, steps=steps, dtype="bfloat16",

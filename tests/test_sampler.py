@@ -69,7 +69,7 @@ def full_logits_fn(model):
   @jax.jit
   def fn(state, tokens, mask):
     m = nnx.merge(graphdef, state)
-    hidden, _ = m(tokens, decoder.positions_from_mask(mask), mask)
+    hidden = m(tokens, decoder.positions_from_mask(mask), mask)
     return m.logits(hidden)
 
   return lambda tokens, mask: np.asarray(fn(state, tokens, mask))
@@ -436,3 +436,11 @@ def test_bad_inputs_raise_naming_the_argument(sampler):
     sampler.generate(PROMPTS, key=jax.random.key(0), stop_strings="ab")
   with pytest.raises(ValueError, match="temperature"):
     sampler.generate(PROMPTS, key=jax.random.key(0), temperature=-1.0)
+
+
+@pytest.mark.parametrize("bad_id", [V, -1])
+def test_token_id_prompts_outside_vocabulary_raise_naming_row_and_id(sampler, bad_id):
+  # Id V used to give NaN log-probs and token 0; -1 wrapped around to V - 1.
+  with pytest.raises(ValueError, match=rf"prompts\[1\]\[2\] = {bad_id}: token id outside "
+                                       rf"the model's vocabulary \[0, vocab_size={V}\)"):
+    sampler.generate([[5, 6, 7], [5, 6, bad_id]], key=jax.random.key(0))

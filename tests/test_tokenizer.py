@@ -152,3 +152,28 @@ def test_random_preset_uses_smollm2_tokenizer_ids(tokenizer, gguf_path, monkeypa
   with pytest.raises(ValueError, match="Unknown model preset 'nope'"):
     loader.load_model("random:nope")
 
+
+
+def test_tokenizer_must_fit_the_model_vocabulary(tmp_path):
+  from test_model_parity import _COMMON  # pylint: disable=g-import-not-at-top
+  from test_weights import tiny_tokenizer  # pylint: disable=g-import-not-at-top
+  words = tiny_tokenizer()  # 11 words, ids 0..10.
+  # A Llama checkpoint with V rows and the 11-word tokenizer: V = 96 (a
+  # padded vocabulary) and V = 11 (ids 0..10 all < 11) load; V = 10 would
+  # leave id 10 outside the embedding.
+  for vocab_size in (96, 11, 10):
+    folder = tmp_path / str(vocab_size)
+    config = transformers.LlamaConfig(**dict(_COMMON, vocab_size=vocab_size))
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    words.save_pretrained(folder)
+    if vocab_size == 10:
+      with pytest.raises(ValueError, match=r"ids up to 10 \(11 ids\) but the model's "
+                                           r"vocab_size is 10"):
+        loader.load_model(str(folder))
+    else:
+      model, tok, loaded = loader.load_model(str(folder))
+      assert loaded.vocab_size == vocab_size and len(tok) == 11
+      assert model.embed.embedding[...].shape == (vocab_size, 64)
+  assert tokenizer_lib.id_bound(words) == 11
+  words.add_tokens(["<extra>"])  # Added tokens count: id 11.
+  assert tokenizer_lib.id_bound(words) == 12

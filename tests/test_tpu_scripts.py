@@ -224,6 +224,40 @@ def test_teardown_dry_run_does_not_ask(trap_env):
       [*GCLOUD, "delete", NAME, *LOCATION, "--quiet"]]
 
 
+# Each script's flags for one valid dry run, and the extra words after `--`
+# that it accepts (none: only a --dry-run may stand there).
+_DRY_ARGS = {
+    "create": ([*WHERE, "--accelerator-type=v4-32"], ["--network=n"]),
+    "setup": (WHERE, []),
+    "sync": (WHERE, []),
+    "launch": ([*WHERE, "--config=c.py", "--workdir=w"], ["--config.rl.group_size=2"]),
+    "logs": (WHERE, []),
+    "teardown": (WHERE, []),
+}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_dry_run_anywhere_never_calls_gcloud(script, trap_env):
+  """--dry-run first, last, between flags, right after `--` or after the extra words.
+
+  The trap `gcloud` records every call and trap_env fails the test if there
+  was one; each position must print exactly the commands of a leading --dry-run.
+  """
+  args, extra = _DRY_ARGS[script]
+  expected = _dry(script, *args, *(["--", *extra] if extra else []), env=trap_env)
+  positions = [
+      [*args, "--dry-run", *(["--", *extra] if extra else [])],
+      [*args[:2], "--dry-run", *args[2:], *(["--", *extra] if extra else [])],
+      [*args, "--", "--dry-run", *extra],
+      [*args, "--", *extra, "--dry-run"],
+  ]
+  for words in positions:
+    result = _run(script, *words, env=trap_env)
+    assert result.returncode == 0, (words, result.stderr)
+    assert [shlex.split(line) for line in result.stdout.splitlines()] == expected, words
+    assert "--dry-run" not in result.stdout
+
+
 @pytest.mark.parametrize("script, args, flag", [
     ("create", ["--zone=z", "--accelerator-type=v4-8"], "--name"),
     ("create", ["--name=n", "--zone=z"], "--accelerator-type"),

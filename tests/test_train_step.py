@@ -33,12 +33,12 @@ def _batch(seed=0):
   }
 
 
-def _run(num_micro, agg="token_mean", mesh=None, batch=None):
+def _run(num_micro, agg="token_mean", mesh=None, batch=None, optimizer=None):
   model = decoder_lib.create_model(_CFG, seed=3)
   if mesh is not None:
     sharding.shard_model(model, mesh)
   graphdef, params, rest = step_lib.split_model(model)
-  optimizer = optax.sgd(1.0)
+  optimizer = optimizer or optax.sgd(1.0)
   opt_state = optimizer.init(params)
   cfg = step_lib.LossConfig(agg=agg, max_response_len=_T, eps_low=0.2, eps_high=0.28)
   fn = step_lib.jit_update_step(graphdef, optimizer=optimizer, prompt_len=_P,
@@ -102,3 +102,23 @@ def test_non_finite_loss_skips_the_update():
   delta, metrics = _run(2, batch=batch)
   assert float(metrics["train/skipped"]) == 1.0
   assert all(np.all(d == 0) for d in jax.tree.leaves(delta))
+
+
+@pytest.mark.parametrize("lr", [float("inf"), float("nan")])
+def test_non_finite_update_skips_the_update(lr):
+  """Finite loss and gradient, but the applied update overflows: skipped."""
+  _, finite_metrics = _run(2)
+  assert np.isfinite(finite_metrics["policy/loss"])
+  assert np.isfinite(finite_metrics["train/grad_norm"])
+  delta, metrics = _run(2, optimizer=optax.sgd(lr))
+  assert float(metrics["train/skipped"]) == 1.0
+  assert all(np.all(d == 0) for d in jax.tree.leaves(delta))
+
+
+def test_all_finite_by_hand():
+  ok = {"a": jnp.ones((2, 3)), "count": jnp.asarray(3, jnp.int32)}
+  assert bool(step_lib.all_finite(ok))
+  for bad in (jnp.inf, -jnp.inf, jnp.nan):
+    tree = {"a": jnp.ones((2, 3)).at[1, 2].set(bad), "b": jnp.zeros(4, jnp.bfloat16)}
+    assert not bool(step_lib.all_finite(tree))
+  assert bool(step_lib.all_finite({"count": jnp.asarray(1, jnp.int32)}))

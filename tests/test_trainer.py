@@ -7,9 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import relex as relex_binary
 from experiments.configs import tiny
-from rlvr_jax.training import checkpoints
+from rlvr_jax.relex import pipeline as relex_pipeline
+from rlvr_jax import checkpoints
 from rlvr_jax.training import config_checks
 from rlvr_jax.training import loop
 
@@ -60,8 +60,8 @@ def test_relex_extrapolates_the_tiny_run(run_dir, tmp_path):
   """RELEX from the window 1..8 to step 10, against the real step-10 params."""
   workdir, _ = run_dir
   out = str(tmp_path / "relex")
-  result = relex_binary.run(run_dir=workdir, window=range(1, 9), target_steps=[10],
-                            output_dir=out)
+  result = relex_pipeline.run(run_dir=workdir, window=range(1, 9), target_steps=[10],
+                              output_dir=out)
   summary = result["summary"]
   error = summary["relex/step_10/relative_error"]
   assert np.isfinite(error)
@@ -140,3 +140,88 @@ def test_scrl_needs_an_even_group():
   c.rl.mini_batches = 1
   with pytest.raises(ValueError, match="group_size=3: SCRL"):
     config_checks.validate(c)
+
+
+@pytest.mark.parametrize("path,value,message", [
+    ("optim.lr", float("nan"), "--config.optim.lr=nan: must be a finite"),
+    ("optim.lr", float("inf"), "--config.optim.lr=inf: must be a finite"),
+    ("rl.temperature", float("nan"), "--config.rl.temperature=nan"),
+    ("optim.b2", 1.5, r"--config.optim.b2=1.5: must be in \[0.0, 1.0\)"),
+    ("optim.b1", -0.1, "--config.optim.b1=-0.1"),
+    ("optim.weight_decay", -1.0, "--config.optim.weight_decay=-1.0"),
+    ("algo.kl_coef", -0.5, "--config.algo.kl_coef=-0.5"),
+    ("rl.top_p", 1.5, "--config.rl.top_p=1.5"),
+    ("train.max_skipped_steps", 0, "--config.train.max_skipped_steps=0"),
+])
+def test_bad_float_flags_name_the_flag(path, value, message):
+  c = tiny.get_config()
+  section, key = path.split(".")
+  c[section][key] = value
+  with pytest.raises(ValueError, match=message):
+    config_checks.validate(c)
+
+
+def test_preflight_catches_start_up_errors_before_the_model_loads():
+  c = tiny.get_config()
+  c.data.eval_size = 8
+  checked = config_checks.preflight(c)
+  assert checked.config.reward.checker == "reasoning_gym"  # 'auto' on reasoning-gym data
+  assert checked.config.data.task_kwargs["max_terms"] == 2  # basic_arithmetic's table
+  assert 0 < checked.longest_prompt <= c.rl.max_prompt_len
+  # SCRL's curriculum prompts are longer than the plain ones.
+  c.algo.advantage = "scrl"
+  c.rl.max_prompt_len = checked.longest_prompt
+  with pytest.raises(ValueError, match=r"--config\.rl\.max_prompt_len=\d+: a rendered prompt"):
+    config_checks.preflight(c)
+  # Another task does not inherit basic_arithmetic's kwargs.
+  c = tiny.get_config()
+  c.data.eval_size = 8
+  c.data.task = "chain_sum"
+  c.rl.max_prompt_len = 512
+  assert "allow_parentheses" not in config_checks.preflight(c).config.data.task_kwargs
+  # P + T beyond the tiny preset's 2048 positions, unless allowed.
+  c.rl.max_new_tokens = 2048
+  with pytest.raises(ValueError, match=r"model\.allow_long_context"):
+    config_checks.preflight(c)
+  c.model.allow_long_context = True
+  config_checks.preflight(c)
+  c = tiny.get_config()
+  c.data.source = "jsonl"
+  c.reward.checker = "reasoning_gym"
+  with pytest.raises(ValueError, match=r"--config\.reward\.checker='reasoning_gym'"):
+    config_checks.validate(c)
+
+
+def test_non_finite_updates_stop_the_run_without_saving_them(tmp_path):
+  """lr = 1e30 (finite, accepted): the first update blows the params up and is
+  skipped, so are the next; the run raises after max_skipped_steps = 2 and
+  every saved checkpoint holds finite params."""
+  c = _config(4, eval_before=False, eval_after=False, max_skipped_steps=2)
+  c.optim.lr = 1e30
+  with pytest.raises(FloatingPointError, match="2 consecutive steps"):
+    loop.train_and_evaluate(c, str(tmp_path))
+  manager = checkpoints.Checkpointer(str(tmp_path), save_every=1, keep=10, dense_window=2)
+  steps = manager.all_steps()
+  manager.close()
+  assert steps and max(steps) <= 2
+  for step in steps:
+    params = checkpoints.restore_params(str(tmp_path), step)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+
+
+def test_resume_skips_a_corrupt_checkpoint_and_refuses_another_config(tmp_path):
+  workdir = str(tmp_path)
+  loop.train_and_evaluate(_config(2, eval_before=False, eval_after=False), workdir)
+  # Corrupt every file of step 2's params.
+  for root, _, names in os.walk(os.path.join(workdir, "checkpoints", "2", "params")):
+    for name in names:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"\0garbage")
+  loop.train_and_evaluate(_config(3, eval_before=False, eval_after=False), workdir)
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in rows if "policy/loss" in r] == [1, 2, 3]  # step 2 once
+  assert os.path.isdir(os.path.join(workdir, "checkpoints_corrupt", "2"))
+  other = _config(3, eval_before=False, eval_after=False)
+  other.optim.lr = 5e-4
+  with pytest.raises(ValueError, match=r"--config\.optim\.lr: 0\.001 in the folder, 0\.0005 now"):
+    loop.train_and_evaluate(other, workdir)

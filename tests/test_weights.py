@@ -420,3 +420,74 @@ def test_export_layout_tied_head_and_host_arrays(tmp_path):
   # q_proj W [N * Dh, D] = our q kernel [D, N, Dh] flattened over (N, Dh), transposed.
   q = np.asarray(model.layers.attn.q.kernel[...])[0]
   np.testing.assert_array_equal(a["model.layers.0.self_attn.q_proj.weight"], q.reshape(64, 64).T)
+
+
+# The trainer's checkpoint layout and load errors that name the file.
+
+def test_export_accepts_the_trainer_checkpoint_layout(tmp_path):
+  # orbax saves the trainer's nnx Param state with each Variable as
+  # {'value': array}; export drops that level (weights.flat_params).
+  config = tiny_config(tie_word_embeddings=False)
+  params = nnx.to_pure_dict(nnx.state(randomized_model(config, seed=4), nnx.Param))
+  saved = jax.tree.map(lambda x: {"value": x}, params)
+  assert "value" in saved["embed"]["embedding"]
+  weights.export_hf_safetensors(params, config, str(tmp_path / "plain"))
+  weights.export_hf_safetensors(saved, config, str(tmp_path / "saved"))
+  a = safetensors.numpy.load_file(str(tmp_path / "plain" / weights.SINGLE_FILE))
+  b = safetensors.numpy.load_file(str(tmp_path / "saved" / weights.SINGLE_FILE))
+  assert sorted(a) == sorted(b) and len(a) == 3 + 2 * 9  # embed, head, final norm; 9 per layer x 2.
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  # The same parameter with and without the Variable level is ambiguous.
+  both = {"final_norm/scale": params["final_norm"]["scale"],
+          "final_norm": {"scale": {"value": params["final_norm"]["scale"]}}}
+  with pytest.raises(ValueError, match=r"'final_norm/scale' twice"):
+    weights.export_hf_safetensors(both, config, str(tmp_path / "both"))
+
+
+def test_malformed_config_json_is_named(llama_dir):
+  (llama_dir / "config.json").write_text('{"architectures": ["LlamaForCausalLM"],')
+  with pytest.raises(ValueError, match=r"config\.json: not valid JSON \(Expecting"):
+    weights.load_hf_checkpoint(str(llama_dir))
+  with pytest.raises(ValueError, match=r"config\.json: not valid JSON"):
+    loader.load_model(str(llama_dir))
+  (llama_dir / "config.json").write_text("[1, 2]")
+  with pytest.raises(ValueError, match=r"config\.json: expected a JSON object, found a list"):
+    weights.config_from_hf(str(llama_dir))
+
+
+@pytest.mark.parametrize("keep", [0.5, 100, 5])
+def test_truncated_safetensors_is_named(llama_dir, keep):
+  # Cut inside the data (half the file), inside the header (100 bytes) and
+  # inside the 8-byte header length (5 bytes).
+  path = llama_dir / weights.SINGLE_FILE
+  data = path.read_bytes()
+  path.write_bytes(data[:int(len(data) * keep) if keep < 1 else keep])
+  with pytest.raises(ValueError, match=r"model\.safetensors: not a readable safetensors file"):
+    weights.load_hf_checkpoint(str(llama_dir))
+
+
+@pytest.mark.parametrize("content", [b"not a gguf file\n" * 8, b"",
+                                     b"GGUF\x03\x00\x00\x00\x00\x00\x00"])
+def test_non_gguf_file_is_named(tmp_path, content):
+  # Text, an empty file and a header cut after the version.
+  path = tmp_path / "model.gguf"
+  path.write_bytes(content)
+  with pytest.raises(ValueError, match=r"model\.gguf: not a readable GGUF file"):
+    gguf_import.load_gguf(str(path))
+  with pytest.raises(ValueError, match=r"model\.gguf: not a readable GGUF file"):
+    loader.load_model(str(path))
+
+
+def test_tokenizer_is_checked_before_the_weights(llama_dir, monkeypatch):
+  def fail(*args, **kwargs):
+    raise AssertionError("weights were read before the tokenizer was checked")
+
+  monkeypatch.setattr(weights, "load_from_source", fail)
+  monkeypatch.setattr(weights, "safetensors_source", fail)
+  with pytest.raises(FileNotFoundError, match=r"No tokenizer file.*" + re.escape(str(llama_dir))):
+    loader.load_model(str(llama_dir))
+  (llama_dir / "tokenizer.json").write_text('{"version": "1.0", "model": ')
+  with pytest.raises(ValueError, match=re.escape(str(llama_dir)) +
+                     r": the tokenizer files cannot be loaded"):
+    loader.load_model(str(llama_dir))

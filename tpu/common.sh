@@ -150,8 +150,15 @@ parse_flags() {
     arg=$1
     case $arg in
       --)
+        # A --dry-run after -- is still ours: it must never reach gcloud (or the
+        # trainer) and let the command run for real.
         shift
-        EXTRA_ARGS=("$@")
+        for arg in "$@"; do
+          case $arg in
+            --dry-run|--dry-run=*) printf -v "$(_flag_var dry-run)" '%s' 1 ;;
+            *) EXTRA_ARGS+=("$arg") ;;
+          esac
+        done
         break
         ;;
       --*=*) name=${arg%%=*}; name=${name#--}; value=${arg#*=}; has_value=1 ;;

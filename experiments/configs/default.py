@@ -53,6 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # Compute dtype (bf16 XLA matmuls are slow on this CPU).
   c.model.param_dtype = "float32"  # Storage dtype of params and optimizer state.
   c.model.remat = "none"  # 16-row micro-batches fit in memory; remat costs ~30%.
+  c.model.allow_long_context = False  # Allow P + T beyond max_position_embeddings.
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Data-parallel axis; -1 = all devices not used below.
@@ -62,11 +63,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.source = "reasoning_gym"  # reasoning_gym | jsonl | parquet | tfds.
   c.data.task = "basic_arithmetic"  # reasoning-gym dataset (or tfds name).
-  c.data.task_kwargs = {  # Passed to the reasoning-gym dataset config.
-      "min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2,
-      "operators": ("+", "-", "*"), "allow_parentheses": False,
-      "allow_negation": False,
-  }
+  # Reasoning-gym config fields, over the task's defaults (tasks.TASK_KWARGS:
+  # basic_arithmetic's are 2 terms of 1-2 digits with + - *); a JSON dict on
+  # the command line: --config.data.task_kwargs='{"max_terms": 3}'.
+  c.data.task_kwargs = {}
   c.data.train_size = 20000  # Items in one training epoch (generated).
   c.data.eval_size = 256  # Held-out problems, disjoint from training.
   c.data.seed = 0  # Data seed (generators, shuffle, held-out choice).
@@ -116,7 +116,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.algo.scrl_k = 4  # SCRL subproblems per problem (METHODS 3).
 
   c.reward = ml_collections.ConfigDict()
-  c.reward.checker = "reasoning_gym"  # reasoning_gym | exact | math_verify.
+  # auto (reasoning_gym for reasoning-gym data, math_verify for files and
+  # tfds) | reasoning_gym | exact | math_verify.
+  c.reward.checker = "auto"
   c.reward.format_weight = 0.0  # Reward for one clean \boxed{} answer (0 = off).
   c.reward.overlong_buffer = 0  # DAPO overlong penalty buffer (0 = off).
   c.reward.mask_truncated = False  # Drop truncated responses from the loss.
@@ -127,15 +129,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.lr = 2e-5  # Peak AdamW learning rate.
   c.optim.warmup_steps = 1  # Linear warmup (optimizer steps; 1 = none: step 1 at full lr).
   c.optim.decay = "constant"  # constant | cosine | linear.
-  c.optim.weight_decay = 0.1  # AdamW weight decay (matrices only).
+  c.optim.weight_decay = 0.1  # AdamW weight decay (kernels, embeddings; not norms, biases).
   c.optim.grad_clip = 1.0  # Global-norm clip.
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
+  c.optim.eps = 1e-8  # Adam's epsilon.
 
   c.train = ml_collections.ConfigDict()
   c.train.log_every = 1  # Steps between metric rows.
   c.train.save_every = 50  # Steps between checkpoints after the dense window.
   c.train.keep = 2  # Checkpoints kept after the dense window.
+  # Consecutive steps whose update was skipped (a non-finite loss, gradient or
+  # new state) before the run stops with an error.
+  c.train.max_skipped_steps = 3
   c.train.dense_window = 0  # Keep every step 0..N (RELEX's window).
   c.train.eval_before = True  # Held-out evaluation before training.
   c.train.eval_after = True  # Held-out evaluation after training.

@@ -8,7 +8,8 @@
   held-out rows carved from a file or tfds split.
 - `data.eval_size`: int >= 0, number of held-out records (0: none).
 - reasoning_gym only: `data.task` (dataset name), `data.task_kwargs` (dict of
-  its config fields), `data.train_size` (items in one training epoch).
+  its config fields, over the task's defaults: `tasks.task_kwargs`),
+  `data.train_size` (items in one training epoch).
   `data.task='rubric'` is the rubric task instead (`_rubric_records`).
 - jsonl / parquet only: `data.path` (training file), `data.columns` (preset or
   mapping string, `files.py`), `data.eval_path` (held-out file of the same
@@ -102,7 +103,7 @@ def make_sources(data: ml_collections.ConfigDict) -> Sources:
   if data.source == "reasoning_gym" and data.task == RUBRIC_TASK:
     base, held_out, indices = _rubric_records(data)
   elif data.source == "reasoning_gym":
-    kwargs = dict(data.task_kwargs)
+    kwargs = tasks.task_kwargs(data.task, dict(data.task_kwargs))
     held_out = tasks.held_out_records(
         data.task, task_kwargs=kwargs, seed=data.seed, size=data.eval_size
     )

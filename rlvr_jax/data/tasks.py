@@ -16,7 +16,11 @@ Any registered reasoning-gym dataset works (basic_arithmetic, chain_sum,
 gsm_symbolic, countdown, ...); its config fields are passed through as
 `task_kwargs` (e.g. basic_arithmetic `min_terms`, `max_terms`, `min_digits`,
 `max_digits`, `operators`, `allow_negation`, `allow_parentheses`). `seed` and
-`size` are set by this module and may not appear in `task_kwargs`.
+`size` are set by this module and may not appear in `task_kwargs`. The kwargs
+a run uses are `task_kwargs(task, given)`: the task's entry of `TASK_KWARGS`
+(the calibrated defaults of a task; none = reasoning-gym's own) with the
+given ones over it, so switching `data.task` never carries another task's
+kwargs along.
 
 Held-out disjointness, in two layers:
 
@@ -59,6 +63,16 @@ from reasoning_gym import factory
 Record = dict[str, Any]
 
 SPLITS = ("train", "eval")
+# Per-task default kwargs (the run's `data.task_kwargs` go over them). The
+# default run's task: 2 terms of 1-2 digits with + - * (experiments/configs/
+# default.py explains the calibration).
+TASK_KWARGS: dict[str, dict[str, Any]] = {
+    "basic_arithmetic": {
+        "min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2,
+        "operators": ("+", "-", "*"), "allow_parentheses": False,
+        "allow_negation": False,
+    },
+}
 _SEED_STRIDE = 2**32
 # Tasks whose metadata['expression'] is the arithmetic the answer must equal.
 CHECKED_TASKS = ("basic_arithmetic", "chain_sum")
@@ -135,6 +149,19 @@ def gold_answer_holds(task: str, answer: str, metadata: dict[str, Any]) -> bool:
     return value == fractions.Fraction(answer)
   except ValueError:
     return False
+
+
+def task_kwargs(task: str, given: dict[str, Any] | None = None) -> dict[str, Any]:
+  """The kwargs a run passes to `task`: `TASK_KWARGS[task]` with `given` over it.
+
+  Args:
+    task: a reasoning-gym dataset name.
+    given: the run's `data.task_kwargs` ({} or None = the task's defaults).
+
+  Returns:
+    A new dict (applying it again gives the same dict).
+  """
+  return {**TASK_KWARGS.get(task, {}), **dict(given or {})}
 
 
 def generator_seed(seed: int, split: str) -> int:

@@ -29,10 +29,14 @@ Reproducibility: batch b of benchmark `name` is sampled with the key
 fold_in(fold_in(key(seed), crc32(name)), b), so a benchmark's samples do not
 depend on the other benchmarks of the call; they do depend on `batch_size`.
 
-The trainer's periodic greedy held-out accuracy is `evaluation.heldout`; this
-module is the n-sample evaluation of a finished (or any) checkpoint.
-`evaluate_trainer_checkpoint` runs it greedily on a trainer config's held-out
-set, which is what RELEX's `--eval` reports.
+One loop (`evaluate_benchmark`) serves every caller. A trainer config's
+held-out set is one more benchmark (`heldout_benchmark`, named 'heldout'),
+evaluated greedily with n = 1 by `evaluate_heldout`: the trainer's periodic
+and before/after evaluations, `experiments.evaluate` on a run folder
+(`load_run`, which reads the run's config.json, loads the run's model source
+for its tokenizer and dtypes and restores a checkpoint) and RELEX's `--eval`
+(`evaluate_trainer_checkpoint`) all call it, so they measure the same thing
+by construction.
 """
 
 from __future__ import annotations
@@ -60,13 +64,12 @@ from rlvr_jax.data import tasks
 from rlvr_jax.evaluation import passk
 from rlvr_jax.models import decoder as decoder_lib
 from rlvr_jax.models import loader
-from rlvr_jax.models import tokenizer as tokenizer_lib
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.rewards import answers
 from rlvr_jax.rewards import math_checker
 from rlvr_jax.rewards import scorers
 from rlvr_jax.sampling import sampler as sampler_lib
-from rlvr_jax.training import checkpoints
+from rlvr_jax import checkpoints
 
 Record = dict[str, Any]
 
@@ -139,6 +142,7 @@ class BenchmarkResult:
     reasons: [P][n] None where correct, else "<category>: <detail>".
     lengths: [P, n] int32 response lengths in tokens (with EOS).
     finish_reasons: [P][n] 'eos', 'stop' or 'length'.
+    formatted: [P, n] float32, 1 where the response ended in one clean box.
   """
 
   benchmark: Benchmark
@@ -149,6 +153,7 @@ class BenchmarkResult:
   reasons: list[list[str | None]]
   lengths: np.ndarray
   finish_reasons: list[list[str]]
+  formatted: np.ndarray
 
   @property
   def num_samples(self) -> int:
@@ -290,13 +295,6 @@ def is_run_dir(path: str) -> bool:
           and os.path.isdir(os.path.join(path, "checkpoints")))
 
 
-def _tokenizer(source: str) -> Any:
-  """The tokenizer of a model source ('smollm2' and 'random:*': SmolLM2's)."""
-  if source == "smollm2" or source.startswith("random:"):
-    source = loader.default_gguf_path()
-  return tokenizer_lib.load_tokenizer(source)
-
-
 def saved_steps(run_dir: str) -> list[int]:
   """Completed checkpoint steps of a run (orbax's temporary folders excluded)."""
   directory = os.path.join(run_dir, "checkpoints")
@@ -319,49 +317,108 @@ def restore_into(model: decoder_lib.Decoder, directory: str, step: int) -> None:
   nnx.update(model, restored)
 
 
-def load_for_evaluation(source: str, *, step: int | None = None, tokenizer: str = "",
-                        mesh: jax.sharding.Mesh | None = None
-                        ) -> tuple[decoder_lib.Decoder, Any, str]:
-  """(model, tokenizer, description) from a trainer workdir or a model source.
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+  """A model to evaluate and where it came from.
+
+  Attributes:
+    model: the decoder with the parameters to evaluate.
+    tokenizer: its tokenizer (a run's: the one of the run's `model.source`).
+    description: '<workdir>@step<k>' or the model source.
+    config: the trainer config of a run folder (its config.json); None for a
+      plain model source.
+  """
+
+  model: decoder_lib.Decoder
+  tokenizer: Any
+  description: str
+  config: ml_collections.ConfigDict | None = None
+
+
+def read_run_config(run_dir: str) -> ml_collections.ConfigDict:
+  """The trainer config a run folder was trained with (`<run_dir>/config.json`)."""
+  path = os.path.join(run_dir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"--checkpoint={run_dir!r}: {path} is missing; the trainer writes it and the "
+        "evaluation of a run folder needs it (model source, template, few-shot, task).")
+  with open(path) as f:
+    try:
+      return ml_collections.ConfigDict(json.load(f))
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: not valid JSON: {e}") from e
+
+
+def load_run_model(config: ml_collections.ConfigDict, directory: str, step: int, *,
+                   mesh: jax.sharding.Mesh | None = None
+                   ) -> tuple[decoder_lib.Decoder, Any, ModelConfig]:
+  """The trainer's model of `config` with the parameters of a checkpoint.
+
+  The model is built the way the trainer builds it (`loader.load_model` of
+  `model.source` with the run's dtypes), so the tokenizer is the run's and the
+  compute dtype is the run's; then the checkpoint's parameters replace the
+  source's.
 
   Args:
-    source: a trainer workdir (`<source>/model_config.json` and an orbax
-      `checkpoints/`), an HF directory, a .gguf file, 'smollm2' or
-      'random:<preset>' (`models.loader.load_model`).
-    step: checkpoint step of a workdir; None = the latest.
-    tokenizer: tokenizer source (HF dir, .gguf, 'smollm2', 'random:*') of a
-      workdir, i.e. the run's `model.source`; '' = 'smollm2' (SmolLM2 runs and
-      every 'random:<preset>' run). Ignored for other sources, which carry
-      their own.
+    config: the trainer config.
+    directory: a run's workdir (or RELEX output dir) or its `checkpoints/`.
+    step: the checkpoint step.
     mesh: optional mesh the parameters are placed on.
 
   Returns:
-    The model with the checkpoint's parameters, its tokenizer and a short
-    description ('<workdir>@step<k>' or the source).
+    (model, tokenizer, model config).
+  """
+  c = config
+  model, tokenizer, model_config = loader.load_model(
+      c.model.source, dtype=c.model.dtype, param_dtype=c.model.param_dtype,
+      remat=c.model.remat, mesh=mesh)
+  restore_into(model, directory, step)
+  return model, tokenizer, model_config
+
+
+def load_for_evaluation(source: str, *, step: int | None = None,
+                        mesh: jax.sharding.Mesh | None = None) -> Loaded:
+  """The model to evaluate, from a trainer workdir or a model source.
+
+  Args:
+    source: a trainer workdir (`config.json`, `model_config.json` and an
+      orbax `checkpoints/`), an HF directory, a .gguf file, 'smollm2' or
+      'random:<preset>' (`models.loader.load_model`).
+    step: checkpoint step of a workdir; None = the latest.
+    mesh: optional mesh the parameters are placed on.
+
+  Returns:
+    The Loaded model; for a workdir with its config, its tokenizer being the
+    one of the run's `model.source`.
+
+  Raises:
+    ValueError / FileNotFoundError: naming the flag (--checkpoint, --step) or
+      the file that is wrong; also when the run's model source no longer
+      builds the architecture in its model_config.json.
   """
   if not is_run_dir(source):
     if step is not None:
       raise ValueError(f"--step={step} needs a trainer workdir; --checkpoint={source!r} "
                        "has no model_config.json and checkpoints/.")
     model, tok, _ = loader.load_model(source, mesh=mesh)
-    return model, tok, source
-  with open(os.path.join(source, "model_config.json")) as f:
-    config = ModelConfig.from_dict(json.load(f))
+    return Loaded(model, tok, source)
+  config = read_run_config(source)
   steps = saved_steps(source)
   if not steps:
     raise FileNotFoundError(f"--checkpoint={source!r}: no completed checkpoint in checkpoints/.")
   step = steps[-1] if step is None else step
   if step not in steps:
     raise ValueError(f"--step={step}: not saved in {source!r}; available: {steps}.")
-  tok = _tokenizer(tokenizer or "smollm2")
-  if len(tok) > config.vocab_size:
-    raise ValueError(f"--tokenizer={tokenizer or 'smollm2'!r} has {len(tok)} tokens, more "
-                     f"than the run's vocab_size={config.vocab_size}.")
-  model = decoder_lib.create_model(config)
-  if mesh is not None:
-    sharding.shard_model(model, mesh)
-  restore_into(model, source, step)
-  return model, tok, f"{source}@step{step}"
+  model, tok, model_config = load_run_model(config, source, step, mesh=mesh)
+  path = os.path.join(source, "model_config.json")
+  with open(path) as f:
+    saved = json.load(f)
+  built = json.loads(json.dumps(model_config.to_dict()))
+  differ = sorted(k for k in set(saved) | set(built) if saved.get(k) != built.get(k))
+  if differ:
+    raise ValueError(f"{path}: the run's model.source={config.model.source!r} now builds a "
+                     f"different model (fields {differ}); evaluate from the original source.")
+  return Loaded(model, tok, f"{source}@step{step}", config)
 
 
 # ---------------------------------------------------------------------------
@@ -381,7 +438,7 @@ def evaluate_benchmark(benchmark: Benchmark, *, generate: Callable[[list[str], i
       len(prompts) * num_samples with the samples of a prompt adjacent
       (`Sampler.generate(..., num_samples=n)`).
     render: record -> prompt text.
-    reward_fn: the checker; only `correct` and `reasons` are read.
+    reward_fn: the checker; only `correct`, `format` and `reasons` are read.
     num_samples: n.
     batch_size: prompts per `generate` call; the last call is padded with
       copies of its first prompt so shapes (and compiled code) stay fixed.
@@ -394,7 +451,7 @@ def evaluate_benchmark(benchmark: Benchmark, *, generate: Callable[[list[str], i
     raise ValueError(f"batch_size (--batch_size) = {batch_size} must be >= 1.")
   records = benchmark.records
   prompts = [render(r) for r in records]
-  texts, extracted, correct, reasons, lengths, finish = [], [], [], [], [], []
+  texts, extracted, correct, reasons, lengths, finish, formatted = [], [], [], [], [], [], []
   for batch_index, start in enumerate(range(0, len(records), batch_size)):
     chunk = prompts[start:start + batch_size]
     real = len(chunk)
@@ -412,6 +469,7 @@ def evaluate_benchmark(benchmark: Benchmark, *, generate: Callable[[list[str], i
       texts.append(batch_texts[rows_i])
       extracted.append([answers.extract_boxed(t) for t in batch_texts[rows_i]])
       correct.append(scored.correct[rows_i])
+      formatted.append(scored.format[rows_i])
       reasons.append(scored.reasons[rows_i])
       lengths.append(batch_lengths[rows_i])
       finish.append(list(out.finish_reasons[:rows][rows_i]))
@@ -422,11 +480,69 @@ def evaluate_benchmark(benchmark: Benchmark, *, generate: Callable[[list[str], i
   return BenchmarkResult(
       benchmark=benchmark, prompts=prompts, texts=texts, answers=extracted,
       correct=stack(correct, np.float32), reasons=reasons, lengths=stack(lengths, np.int32),
-      finish_reasons=finish)
+      finish_reasons=finish, formatted=stack(formatted, np.float32))
 
 
 def _benchmark_key(seed: int, name: str) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+def evaluate_with_sampler(sampler: sampler_lib.Sampler, tokenizer: Any,
+                          benchmarks: Sequence[Benchmark], *, sampling: Sampling,
+                          reward_fns: dict[str, scorers.RewardFunction],
+                          template: str = "chat",
+                          instruction: str = prompts_lib.BOXED_INSTRUCTION,
+                          system_prompt: str = "", batch_size: int = 16, params: Any = None,
+                          desc: str = "eval", show_progress: bool = True
+                          ) -> list[BenchmarkResult]:
+  """Evaluates benchmarks with a given sampler (the trainer's, or a new one).
+
+  Args:
+    sampler: the KV-cache sampler of the model (its prompt and response
+      lengths are the evaluation's).
+    tokenizer: the model's tokenizer (chat template).
+    benchmarks: from `load_benchmarks`, `heldout_benchmark` or built by hand.
+    sampling: n and the decoding settings.
+    reward_fns: checker name -> reward function, for every benchmark's checker.
+    template: 'plain', 'chat' or 'few_shot' (`data.prompts`).
+    instruction: answer-format instruction after each problem.
+    system_prompt: system text ('' = the template's default).
+    batch_size: prompts per sampler call.
+    params: optional parameters to sample from instead of the model's.
+    desc: progress bar label (followed by the benchmark name).
+    show_progress: show a progress bar per benchmark.
+
+  Returns:
+    One BenchmarkResult per benchmark.
+  """
+  results = []
+  for bench in benchmarks:
+    base_key = _benchmark_key(sampling.seed, bench.name)
+    generate = lambda prompts, b, base_key=base_key: sampler.generate(
+        prompts, key=jax.random.fold_in(base_key, b), temperature=sampling.temperature,
+        top_p=sampling.top_p, top_k=sampling.top_k, greedy=sampling.greedy,
+        stop_strings=sampling.stop_strings, num_samples=sampling.num_samples, params=params)
+    render = functools.partial(
+        prompts_lib.render_prompt, template=template, instruction=instruction,
+        system_prompt=system_prompt, tokenizer=tokenizer, few_shot_examples=bench.shots)
+    with tqdm.tqdm(total=len(bench.records), desc=f"{desc} {bench.name}",
+                   disable=not show_progress, leave=False) as bar:
+      result = evaluate_benchmark(
+          bench, generate=generate, render=render, reward_fn=reward_fns[bench.checker],
+          num_samples=sampling.num_samples, batch_size=batch_size, progress=bar.update)
+    logging.info("%s: %s", bench.name, json.dumps(result.metrics()))
+    results.append(result)
+  return results
+
+
+def _start_pool(checkers: set[str], *, workers: int, timeout_s: float
+                ) -> math_checker.MathChecker | None:
+  """An answer-checking pool when a checker needs one (not for 'exact')."""
+  if not checkers - {"exact"}:
+    return None
+  warmup = (scorers.REASONING_GYM_WARMUP,) if "reasoning_gym" in checkers else ()
+  return math_checker.MathChecker(num_workers=workers, timeout_s=timeout_s,
+                                  warmup=warmup).start()
 
 
 def evaluate_model(model: decoder_lib.Decoder, tokenizer: Any,
@@ -469,31 +585,15 @@ def evaluate_model(model: decoder_lib.Decoder, tokenizer: Any,
                                 prompt_bucket=prompt_bucket)
   checkers = {b.checker for b in benchmarks}
   own_pool = None
-  if pool is None and checkers - {"exact"}:
-    warmup = (scorers.REASONING_GYM_WARMUP,) if "reasoning_gym" in checkers else ()
-    pool = own_pool = math_checker.MathChecker(num_workers=workers, timeout_s=timeout_s,
-                                               warmup=warmup).start()
+  if pool is None:
+    pool = own_pool = _start_pool(checkers, workers=workers, timeout_s=timeout_s)
   try:
     reward_fns = {checker: scorers.RewardFunction(
         checker=checker, max_response_len=max_new_tokens, pool=pool) for checker in checkers}
-    results = []
-    for bench in benchmarks:
-      base_key = _benchmark_key(sampling.seed, bench.name)
-      generate = lambda prompts, b, base_key=base_key: sampler.generate(
-          prompts, key=jax.random.fold_in(base_key, b), temperature=sampling.temperature,
-          top_p=sampling.top_p, top_k=sampling.top_k, greedy=sampling.greedy,
-          stop_strings=sampling.stop_strings, num_samples=sampling.num_samples, params=params)
-      render = functools.partial(
-          prompts_lib.render_prompt, template=template, instruction=instruction,
-          system_prompt=system_prompt, tokenizer=tokenizer, few_shot_examples=bench.shots)
-      with tqdm.tqdm(total=len(bench.records), desc=f"eval {bench.name}",
-                     disable=not show_progress, leave=False) as bar:
-        result = evaluate_benchmark(
-            bench, generate=generate, render=render, reward_fn=reward_fns[bench.checker],
-            num_samples=sampling.num_samples, batch_size=batch_size, progress=bar.update)
-      logging.info("%s: %s", bench.name, json.dumps(result.metrics()))
-      results.append(result)
-    return results
+    return evaluate_with_sampler(
+        sampler, tokenizer, benchmarks, sampling=sampling, reward_fns=reward_fns,
+        template=template, instruction=instruction, system_prompt=system_prompt,
+        batch_size=batch_size, params=params, show_progress=show_progress)
   finally:
     if own_pool is not None:
       own_pool.close()
@@ -562,7 +662,120 @@ def write_results(results: Sequence[BenchmarkResult], output_dir: str, *,
 
 
 # ---------------------------------------------------------------------------
-# A trainer checkpoint on the trainer's own held-out set.
+# A trainer config's held-out set: one benchmark, greedy, n = 1.
+
+HELDOUT = "heldout"
+
+
+def heldout_benchmark(config: ml_collections.ConfigDict,
+                      sources: data_iterator.Sources) -> Benchmark:
+  """The trainer's held-out problems, checker and few-shot examples as a Benchmark.
+
+  Args:
+    config: the trainer config (`data.few_shot`, `data.seed`, `reward.checker`).
+    sources: `data_iterator.make_sources(config.data)` (the trainer's own).
+
+  Returns:
+    The benchmark named HELDOUT.
+  """
+  c = config
+  shots = (prompts_lib.draw_examples(sources.train, k=c.data.few_shot, seed=c.data.seed)
+           if c.data.few_shot else [])
+  return Benchmark(name=HELDOUT, records=list(sources.eval), checker=c.reward.checker,
+                   shots=shots)
+
+
+def heldout_sampler(config: ml_collections.ConfigDict, model: decoder_lib.Decoder,
+                    tokenizer: Any, mesh: jax.sharding.Mesh | None
+                    ) -> sampler_lib.Sampler:
+  """The trainer's evaluation sampler: P = rl.max_prompt_len, T = eval_max_new_tokens."""
+  return sampler_lib.Sampler(model, tokenizer, max_prompt_len=config.rl.max_prompt_len,
+                             max_new_tokens=config.train.eval_max_new_tokens, mesh=mesh)
+
+
+def heldout_reward_fn(config: ml_collections.ConfigDict,
+                      pool: math_checker.MathChecker | None) -> scorers.RewardFunction:
+  """The trainer's evaluation reward: its checker, no format bonus."""
+  c = config
+  return scorers.RewardFunction(
+      checker=c.reward.checker, max_response_len=c.rl.max_new_tokens, format_weight=0.0,
+      overlong_buffer=c.reward.overlong_buffer, pool=pool)
+
+
+def evaluate_heldout(config: ml_collections.ConfigDict, *, sampler: sampler_lib.Sampler,
+                     tokenizer: Any, sources: data_iterator.Sources,
+                     reward_fn: scorers.RewardFunction, desc: str = "eval",
+                     show_progress: bool = True) -> BenchmarkResult:
+  """Greedy (n = 1) evaluation of the sampler's model on the config's held-out set.
+
+  The one held-out evaluation: the trainer's `evaluate`, `experiments.evaluate`
+  on a run folder and RELEX's `--eval` all run it.
+
+  Args:
+    config: the trainer config (template, instruction, system prompt, stop
+      strings, eval batch size).
+    sampler: `heldout_sampler(config, ...)` (or the trainer's, built alike).
+    tokenizer: the model's tokenizer.
+    sources: `data_iterator.make_sources(config.data)`.
+    reward_fn: `heldout_reward_fn(config, pool)` (or the trainer's, alike).
+    desc: progress bar label.
+    show_progress: show a progress bar.
+
+  Returns:
+    The BenchmarkResult of the HELDOUT benchmark, one greedy sample per problem.
+  """
+  c = config
+  bench = heldout_benchmark(c, sources)
+  [result] = evaluate_with_sampler(
+      sampler, tokenizer, [bench],
+      sampling=Sampling(greedy=True, stop_strings=tuple(c.rl.stop_strings)),
+      reward_fns={bench.checker: reward_fn}, template=c.data.template,
+      instruction=c.data.instruction, system_prompt=c.data.system_prompt,
+      batch_size=c.train.eval_batch_size, desc=desc, show_progress=show_progress)
+  return result
+
+
+def evaluate_loaded_heldout(loaded: Loaded, *, mesh: jax.sharding.Mesh | None = None,
+                            show_progress: bool = True) -> BenchmarkResult:
+  """`evaluate_heldout` of a loaded run (its config, model and tokenizer)."""
+  c = loaded.config
+  if c is None:
+    raise ValueError(f"--benchmarks={HELDOUT}: {loaded.description!r} is not a run folder "
+                     "(config.json, model_config.json, checkpoints/).")
+  sources = data_iterator.make_sources(c.data)
+  pool = _start_pool({c.reward.checker}, workers=c.reward.workers,
+                     timeout_s=c.reward.timeout_s)
+  try:
+    return evaluate_heldout(
+        c, sampler=heldout_sampler(c, loaded.model, loaded.tokenizer, mesh),
+        tokenizer=loaded.tokenizer, sources=sources, reward_fn=heldout_reward_fn(c, pool),
+        show_progress=show_progress)
+  finally:
+    if pool is not None:
+      pool.close()
+
+
+def run_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The `experiments.evaluate` flag values that measure what the run measured.
+
+  Evaluating a run folder takes these as the defaults of its flags (a flag
+  given on the command line still wins): the run's template, instruction,
+  system prompt, few-shot count, task kwargs and data seed, its sampling
+  temperature, top-p, top-k and stop strings, its evaluation lengths and
+  batch size and its checker's pool settings; the benchmark is its held-out
+  set.
+  """
+  c = config
+  return {
+      "benchmarks": [HELDOUT], "template": c.data.template,
+      "instruction": c.data.instruction, "system_prompt": c.data.system_prompt,
+      "few_shot": c.data.few_shot, "task_kwargs": dict(c.data.task_kwargs),
+      "seed": c.data.seed, "temperature": c.rl.temperature, "top_p": c.rl.top_p,
+      "top_k": c.rl.top_k, "stop_strings": list(c.rl.stop_strings),
+      "max_new_tokens": c.train.eval_max_new_tokens, "max_prompt_len": c.rl.max_prompt_len,
+      "batch_size": c.train.eval_batch_size, "workers": c.reward.workers,
+      "timeout_s": c.reward.timeout_s,
+  }
 
 
 def _split_params_path(path: str) -> tuple[str, int]:
@@ -579,11 +792,11 @@ def _split_params_path(path: str) -> tuple[str, int]:
 
 def evaluate_trainer_checkpoint(params_dir_or_step: str,
                                 config: ml_collections.ConfigDict) -> dict[str, float]:
-  """Greedy accuracy of a checkpoint on the trainer config's held-out set.
+  """Greedy accuracy of a checkpoint on the trainer config's held-out set (RELEX --eval).
 
-  The same problems, prompts (template, few-shot examples), checker, response
-  length, stop strings and batch size as the trainer's `evaluate`, so
-  `eval/pass@1` equals the trainer's `eval/accuracy` for the same parameters.
+  `evaluate_loaded_heldout` of the checkpoint's parameters in the model of
+  `config`, so `heldout/pass@1` equals the trainer's `eval/accuracy` for the
+  same parameters.
 
   Args:
     params_dir_or_step: `<run>/checkpoints/<step>` or its `params` item
@@ -592,23 +805,11 @@ def evaluate_trainer_checkpoint(params_dir_or_step: str,
       architecture and tokenizer).
 
   Returns:
-    {'eval/pass@1', 'eval/avg@1', 'eval/maj@1'}.
+    {'heldout/pass@1', 'heldout/avg@1', 'heldout/maj@1'}.
   """
   c = config
   directory, step = _split_params_path(params_dir_or_step)
   mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
-  model, tokenizer, _ = loader.load_model(c.model.source, dtype=c.model.dtype,
-                                          param_dtype=c.model.param_dtype, mesh=mesh)
-  restore_into(model, directory, step)
-  sources = data_iterator.make_sources(c.data)
-  shots = (prompts_lib.draw_examples(sources.train, k=c.data.few_shot, seed=c.data.seed)
-           if c.data.few_shot else [])
-  bench = Benchmark(name="eval", records=sources.eval, checker=c.reward.checker, shots=shots)
-  [result] = evaluate_model(
-      model, tokenizer, [bench],
-      sampling=Sampling(greedy=True, stop_strings=tuple(c.rl.stop_strings)),
-      max_prompt_len=c.rl.max_prompt_len, max_new_tokens=c.train.eval_max_new_tokens,
-      template=c.data.template, instruction=c.data.instruction,
-      system_prompt=c.data.system_prompt, batch_size=c.train.eval_batch_size,
-      prompt_bucket=None, mesh=mesh, workers=c.reward.workers, timeout_s=c.reward.timeout_s)
-  return result.metrics()
+  model, tokenizer, _ = load_run_model(c, directory, step, mesh=mesh)
+  loaded = Loaded(model, tokenizer, f"{directory}@step{step}", c)
+  return evaluate_loaded_heldout(loaded, mesh=mesh).metrics()

@@ -1,21 +1,20 @@
 """Greedy held-out accuracy and the paired test between two evaluations.
 
 The trainer measures the same held-out problems before and after training
-with the same code; each problem is then a pair (right before, right after),
-and McNemar's exact test on the discordant pairs says whether the change is
-more than chance.
+with the same code (`evaluation.evaluate.evaluate_heldout`, greedy, n = 1);
+each problem is then a pair (right before, right after), and McNemar's exact
+test on the discordant pairs says whether the change is more than chance.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Sequence
+from typing import Any
 
-import jax
 import numpy as np
 
-Record = dict[str, Any]
+from rlvr_jax.evaluation import evaluate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +33,16 @@ class HeldOutResult:
   lengths: np.ndarray
   responses: list[str]
 
+  @classmethod
+  def from_benchmark(cls, result: evaluate.BenchmarkResult) -> HeldOutResult:
+    """The held-out view of a greedy (n = 1) BenchmarkResult."""
+    if result.num_samples != 1:
+      raise ValueError(f"result has {result.num_samples} samples per problem; the held-out "
+                       "evaluation is greedy with n = 1.")
+    return cls(correct=result.correct[:, 0].astype(np.float32),
+               formatted=result.formatted[:, 0].astype(np.float32),
+               lengths=result.lengths[:, 0], responses=[t[0] for t in result.texts])
+
   @property
   def accuracy(self) -> float:
     return float(self.correct.mean()) if self.correct.size else 0.0
@@ -45,44 +54,20 @@ class HeldOutResult:
         f"{prefix}/response_length": float(self.lengths.mean()) if self.lengths.size else 0.0,
     }
 
+  def to_json(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The eval_before/eval_after.json content: accuracy, `correct`, per-problem rows.
 
-def evaluate_heldout(records: Sequence[Record], *, generate: Callable[..., Any],
-                     render: Callable[[Record], str], reward_fn: Callable[..., Any],
-                     batch_size: int, progress: Callable[[int], None] | None = None
-                     ) -> HeldOutResult:
-  """Greedy answers to every record, scored by the trainer's reward function.
+    Args:
+      records: the held-out records, in evaluation order.
 
-  Args:
-    records: held-out records {'problem', 'answer', ...}.
-    generate: `generate(prompts) -> sampler output` with `.texts` and
-      `.response_mask`, already bound to greedy decoding.
-    render: record -> prompt text (the training template).
-    reward_fn: a `rewards.scorers.RewardFunction`; only its `correct` and
-      `format` parts are used (no format bonus in the accuracy).
-    batch_size: prompts per generate call (the last batch is padded with
-      copies of the first record so shapes, and compiled code, stay fixed).
-    progress: optional callback with the number of problems done.
-
-  Returns:
-    A HeldOutResult.
-  """
-  correct, formatted, lengths, texts = [], [], [], []
-  for start in range(0, len(records), batch_size):
-    chunk = list(records[start:start + batch_size])
-    n = len(chunk)
-    chunk += [chunk[0]] * (batch_size - n)
-    out = generate([render(r) for r in chunk])
-    response_lengths = np.asarray(jax.device_get(out.response_mask)).sum(axis=1)[:n]
-    scored = reward_fn(chunk[:n], list(out.texts[:n]), response_lengths)
-    correct.append(scored.correct)
-    formatted.append(scored.format)
-    lengths.append(response_lengths)
-    texts.extend(out.texts[:n])
-    if progress is not None:
-      progress(n)
-  cat = lambda xs: np.concatenate(xs) if xs else np.zeros([0], np.float32)
-  return HeldOutResult(cat(correct).astype(np.float32), cat(formatted).astype(np.float32),
-                       cat(lengths), texts)
+    Returns:
+      {'accuracy', 'correct' [N], 'problems': [{problem, answer, response,
+       correct}]}; a resumed run reads 'correct' back.
+    """
+    rows = [{"problem": r["problem"], "answer": r["answer"], "response": text,
+             "correct": float(ok)}
+            for r, text, ok in zip(records, self.responses, self.correct)]
+    return {"accuracy": self.accuracy, "correct": self.correct.tolist(), "problems": rows}
 
 
 def mcnemar_exact(before: np.ndarray, after: np.ndarray) -> float:

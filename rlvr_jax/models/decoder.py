@@ -2,9 +2,11 @@
 
 Classes in dependency order: RMSNorm, Embedding, Linear, Attention, MLP, Block, Decoder.
 The L blocks are stacked along a leading axis and run by one `jax.lax.scan`,
-which keeps compile time independent of depth. The same forward serves
-training (no cache: causal self-attention over [B, T]) and sampling (a KV
-cache of S slots written at `cache_index`).
+which keeps compile time independent of depth. `Decoder.__call__` is the
+training and scoring forward (causal self-attention over [B, T], no cache);
+sampling runs the same arithmetic wired for decoding with a KV cache in
+`rlvr_jax.models.decode`, which shares this module's `rms_norm`, RoPE
+(`rope_inverse_frequencies`, `apply_rope`) and softmax (`attention_probs`).
 
 Parameter names and shapes are listed in docs/CONVENTIONS.md; every
 parameter carries logical axis names (`logical_axes` metadata, without the
@@ -12,7 +14,8 @@ stacked layer axis) that `rlvr_jax.sharding` maps to mesh axes.
 
 Numerics follow transformers' PyTorch implementations (LlamaForCausalLM,
 Qwen2ForCausalLM, Qwen3ForCausalLM): RMSNorm in f32 then cast back before the
-weight, RoPE in the "rotate half" layout, softmax in f32.
+weight, RoPE in the "rotate half" layout with inverse frequencies computed
+on the host as transformers computes them, softmax in f32.
 """
 
 from __future__ import annotations
@@ -23,16 +26,16 @@ from typing import Any
 from flax import nnx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rlvr_jax import sharding
 from rlvr_jax.models.config import ModelConfig
 
 Array = jax.Array
-KVCache = dict[str, Array]  # {'k': [L, B, S, K, Dh], 'v': [L, B, S, K, Dh]}
 
 # Large finite negative logit for masked attention: a row with every key
 # masked (a left-pad query) then gets a uniform, finite distribution.
-_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 _INIT = nnx.initializers.normal(stddev=0.02)
 
 
@@ -94,36 +97,60 @@ class Linear(nnx.Module):
     return y
 
 
-def rope_inverse_frequencies(config: ModelConfig) -> Array:
-  """Inverse frequencies [Dh/2] of RoPE, with HF's scaling variants.
+def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
+  """Inverse frequencies [Dh/2] float32 of RoPE, computed on the host as transformers does.
 
-  'linear' is applied to positions in `apply_rope`; 'llama3' rescales the
-  frequencies by wavelength as in transformers' `_compute_llama3_parameters`.
+  inv_freq_i = 1 / theta^(2i / Dh), every operation in float32 from integer
+  exponents (transformers' `_compute_default_rope_parameters`), then HF's
+  scaling: 'linear' divides the frequencies by the factor, 'llama3' rescales
+  them by wavelength (`_compute_llama3_parameters`, with torch's
+  `scalar / tensor` = `tensor.reciprocal() * scalar`). A NumPy constant, so
+  a jitted forward sees these exact bits: computed under jit, XLA rewrites
+  1 / theta^e as theta^-e and the frequencies move by 1-4 ulp, about 1e-3 in
+  the rotated q and k at position 32k (tests/test_decoder.py).
+
+  theta^e is rounded once to float32 (computed in float64): glibc's powf does
+  the same, and torch's vectorized powf (Sleef, within 1 ulp) agrees except
+  near a rounding midpoint (Qwen3's Dh = 128, theta = 1e6: one frequency of
+  64 is 1 ulp apart). NumPy's own float32 power is not correctly rounded.
+
+  Args:
+    config: the model config (head_dim, rope_theta, rope_scaling).
+
+  Returns:
+    [Dh/2] float32 NumPy array.
   """
   dh = config.head_dim
-  inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))
+  exponents = np.arange(0, dh, 2, dtype=np.int64).astype(np.float32) / np.float32(dh)
+  theta = np.float64(np.float32(config.rope_theta))
+  powers = (theta ** exponents.astype(np.float64)).astype(np.float32)
+  inv_freq = np.float32(1.0) / powers
   scaling = config.rope_scaling
-  if scaling is None or scaling.rope_type != "llama3":
+  if scaling is None or scaling.rope_type == "default":
     return inv_freq
+  factor = np.float32(scaling.factor)
+  if scaling.rope_type == "linear":
+    return inv_freq / factor
+  f32 = np.float32
   old_len = scaling.original_max_position_embeddings
-  low_wavelen = old_len / scaling.low_freq_factor
-  high_wavelen = old_len / scaling.high_freq_factor
-  wavelen = 2 * math.pi / inv_freq
-  scaled = jnp.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
-  smooth = (old_len / wavelen - scaling.low_freq_factor) / (
+  low_wavelen = f32(old_len / scaling.low_freq_factor)
+  high_wavelen = f32(old_len / scaling.high_freq_factor)
+  wavelen = (f32(1.0) / inv_freq) * f32(2 * math.pi)
+  scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+  smooth = ((f32(1.0) / wavelen) * f32(old_len) - f32(scaling.low_freq_factor)) / f32(
       scaling.high_freq_factor - scaling.low_freq_factor)
-  smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
-  is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-  return jnp.where(is_medium, smoothed, scaled)
+  smoothed = (f32(1.0) - smooth) * scaled / factor + smooth * scaled
+  is_medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+  return np.where(is_medium, smoothed, scaled).astype(np.float32)
 
 
-def apply_rope(x: Array, positions: Array, inv_freq: Array,
-               position_scale: float = 1.0) -> Array:
+def apply_rope(x: Array, positions: Array, inv_freq: Array | np.ndarray) -> Array:
   """Rotates features of x [B, T, H, Dh] by positions [B, T] (rotate-half form).
 
+  angle = position * inv_freq (float32, as transformers' `inv_freq @ positions`),
   out[..., :Dh/2] = x1 cos - x2 sin,  out[..., Dh/2:] = x2 cos + x1 sin.
   """
-  angles = (positions.astype(jnp.float32) / position_scale)[..., None] * inv_freq
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq
   cos = jnp.cos(angles)[:, :, None, :].astype(x.dtype)
   sin = jnp.sin(angles)[:, :, None, :].astype(x.dtype)
   x1, x2 = jnp.split(x, 2, axis=-1)
@@ -131,7 +158,7 @@ def apply_rope(x: Array, positions: Array, inv_freq: Array,
 
 
 class Attention(nnx.Module):
-  """Grouped-query attention with optional q/k norm, qkv bias and KV cache."""
+  """Grouped-query attention with optional q/k norm and qkv bias."""
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     c = config
@@ -151,40 +178,26 @@ class Attention(nnx.Module):
     norm = lambda: RMSNorm(c.head_dim, eps=c.rms_norm_eps, param_dtype=pd, axis="head_dim")
     self.q_norm = norm() if c.qk_norm else None
     self.k_norm = norm() if c.qk_norm else None
-    self.num_kv_heads = c.num_kv_heads
-    self.inv_freq = nnx.Cache(rope_inverse_frequencies(c))  # not a parameter
-    scaling = c.rope_scaling
-    self.position_scale = scaling.factor if scaling and scaling.rope_type == "linear" else 1.0
+    self.config = c
 
-  def __call__(self, x: Array, positions: Array, mask: Array,
-               kv: tuple[Array, Array] | None,
-               cache_index: Array | int) -> tuple[Array, tuple[Array, Array] | None]:
-    """Attention for x [B, T, D].
+  def __call__(self, x: Array, positions: Array, mask: Array) -> Array:
+    """Causal self-attention of x [B, T, D] (normalized input).
 
     Args:
       x: normalized input [B, T, D].
       positions: RoPE positions [B, T].
-      mask: [B, T, S] bool, True where query t may attend to key slot s.
-      kv: None (keys are this call's T tokens) or this layer's cache
-        ([B, S, K, Dh], [B, S, K, Dh]) before this call; attention sees it
-        with the new keys placed at slots cache_index .. cache_index + T - 1.
-      cache_index: first cache slot written by this call.
+      mask: [B, T, T] bool, True where query t may attend to key s.
 
     Returns:
-      Output [B, T, D] and this call's new keys and values
-      ([B, T, K, Dh], [B, T, K, Dh]) for the caller to write into its cache.
+      [B, T, D].
     """
     q, k, v = self.q(x), self.k(x), self.v(x)
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
-    inv_freq = self.inv_freq[...]
-    q = apply_rope(q, positions, inv_freq, self.position_scale)
-    k = apply_rope(k, positions, inv_freq, self.position_scale)
-    new_kv = (k, v)
-    if kv is not None:
-      k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), cache_index, axis=1)
-      v = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), cache_index, axis=1)
-    return self.o(attend(q, k.astype(q.dtype), v.astype(q.dtype), mask)), new_kv
+    inv_freq = rope_inverse_frequencies(self.config)
+    q = apply_rope(q, positions, inv_freq)
+    k = apply_rope(k, positions, inv_freq)
+    return self.o(attend(q, k, v, mask))
 
 
 def attend(q: Array, k: Array, v: Array, mask: Array) -> Array:
@@ -211,11 +224,29 @@ def attend(q: Array, k: Array, v: Array, mask: Array) -> Array:
   k = k.transpose(0, 2, 1, 3).reshape(b * kv_heads, s, dh)
   v = v.transpose(0, 2, 1, 3).reshape(b * kv_heads, s, dh)
   scores = jnp.einsum("zqh,zsh->zqs", q, k) * (dh ** -0.5)
-  scores = scores.reshape(b, kv_heads, g, t, s).astype(jnp.float32)
-  scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
-  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype).reshape(b * kv_heads, g * t, s)
+  probs = attention_probs(scores.reshape(b, kv_heads, g, t, s), mask[:, None, None], q.dtype)
+  probs = probs.reshape(b * kv_heads, g * t, s)
   out = jnp.einsum("zqs,zsh->zqh", probs, v).reshape(b, kv_heads, g, t, dh)
   return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, dh)
+
+
+def attention_probs(scores: Array, mask: Array, dtype: Any) -> Array:
+  """Attention weights: softmax over keys of the masked scores, in float32.
+
+  Shared by `attend` and the decode path (`rlvr_jax.models.decode`).
+
+  Args:
+    scores: [..., T, S] query-key products already scaled by Dh^-1/2
+      (compute dtype).
+    mask: bool, broadcastable to scores, True where query t may attend to
+      key s; elsewhere the score is MASK_VALUE.
+    dtype: dtype of the returned weights.
+
+  Returns:
+    [..., T, S] softmax(where(mask, float32(scores), MASK_VALUE)) cast to dtype.
+  """
+  scores = jnp.where(mask, scores.astype(jnp.float32), MASK_VALUE)
+  return jax.nn.softmax(scores, axis=-1).astype(dtype)
 
 
 class MLP(nnx.Module):
@@ -246,11 +277,10 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(config.hidden_size, eps=eps, param_dtype=pd, axis="embed")
     self.mlp = MLP(config, rngs=rngs)
 
-  def __call__(self, x, positions, mask, kv, cache_index):
-    h, kv = self.attn(self.attn_norm(x), positions, mask, kv, cache_index)
-    x = x + h
+  def __call__(self, x: Array, positions: Array, mask: Array) -> Array:
+    x = x + self.attn(self.attn_norm(x), positions, mask)
     x = x + self.mlp(self.mlp_norm(x))
-    return sharding.constrain(x, ("batch", None, None)), kv
+    return sharding.constrain(x, ("batch", None, None))
 
 
 _REMAT_POLICIES = {
@@ -279,59 +309,38 @@ class Decoder(nnx.Module):
         (c.hidden_size, c.vocab_size), ("embed", "vocab"),
         rngs=rngs, param_dtype=pd)
 
-  def __call__(self, tokens: Array, positions: Array, kv_mask: Array,
-               cache: KVCache | None = None, cache_index: Array | int = 0,
-               scan_unroll: int = 1) -> tuple[Array, KVCache | None]:
-    """Runs the decoder.
+  def __call__(self, tokens: Array, positions: Array, input_mask: Array,
+               scan_unroll: int = 1) -> Array:
+    """Runs the decoder over whole sequences (causal, no cache).
 
     Args:
-      tokens: [B, T] int32 token ids.
-      positions: [B, T] int32 RoPE positions.
-      kv_mask: [B, S] bool, True for real (non-pad) keys; S = T without a
-        cache, S = cache length with one (it must already mark the T new
-        tokens' slots as valid).
-      cache: optional KV cache {'k', 'v'} of [L, B, S, K, Dh].
-      cache_index: cache slot of tokens[:, 0]; keys at later slots than a
-        query's own slot are masked (causality).
+      tokens: [B, S] int32 token ids in [0, V) (validate host inputs with
+        `rlvr_jax.models.logprobs.check_token_ids`).
+      positions: [B, S] int32 RoPE positions.
+      input_mask: [B, S] bool, True for real (non-pad) tokens; a query
+        attends to the real keys at or before its own index.
       scan_unroll: unroll factor of the scan over layers.
 
     Returns:
-      Final-norm hidden states [B, T, D] (compute dtype) and the new cache.
+      Final-norm hidden states [B, S, D] (compute dtype).
     """
     c = self.config
     dtype = jnp.dtype(c.dtype)
-    t = tokens.shape[1]
-    s = kv_mask.shape[1]
-    query_slots = cache_index + jnp.arange(t)
-    causal = jnp.arange(s)[None, :] <= query_slots[:, None]  # [T, S]
-    mask = causal[None] & kv_mask[:, None, :]  # [B, T, S]
+    s = tokens.shape[1]
+    causal = jnp.arange(s)[None, :] <= jnp.arange(s)[:, None]  # [S, S]
+    mask = causal[None] & input_mask[:, None, :]  # [B, S, S]
     x = self.embed(tokens).astype(dtype)
     x = sharding.constrain(x, ("batch", None, None))
 
     graphdef, layer_state = nnx.split(self.layers)
 
-    def body(carry, xs):
-      x, cache = carry
-      state, layer = xs
-      block = nnx.merge(graphdef, state)
-      kv = None
-      if cache is not None:
-        kv = (cache["k"][layer], cache["v"][layer])
-      x, kv = block(x, positions, mask, kv, cache_index)
-      if cache is not None:
-        start = (layer, 0, cache_index, 0, 0)
-        cache = {
-            name: jax.lax.dynamic_update_slice(
-                cache[name], new[None].astype(cache[name].dtype), start)
-            for name, new in zip(("k", "v"), kv)
-        }
-      return (x, cache), None
+    def body(x, state):
+      return nnx.merge(graphdef, state)(x, positions, mask), None
 
     if c.remat != "none":
       body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat], prevent_cse=False)
-    (x, cache), _ = jax.lax.scan(
-        body, (x, cache), (layer_state, jnp.arange(c.num_layers)), unroll=scan_unroll)
-    return self.final_norm(x), cache
+    x, _ = jax.lax.scan(body, x, layer_state, unroll=scan_unroll)
+    return self.final_norm(x)
 
   def logits(self, hidden: Array) -> Array:
     """LM-head logits [..., V] in float32 from hidden states [..., D]."""
@@ -341,13 +350,6 @@ class Decoder(nnx.Module):
     else:
       out = h @ self.lm_head.kernel[...].astype(h.dtype)
     return out.reshape(*hidden.shape[:-1], -1).astype(jnp.float32)
-
-  def init_cache(self, batch_size: int, length: int, dtype: Any = None) -> KVCache:
-    """An empty KV cache {'k', 'v'} of [L, B, S, K, Dh] zeros."""
-    c = self.config
-    shape = (c.num_layers, batch_size, length, c.num_kv_heads, c.head_dim)
-    dtype = jnp.dtype(dtype or c.dtype)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
 def positions_from_mask(input_mask: Array) -> Array:

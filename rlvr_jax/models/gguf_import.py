@@ -77,6 +77,31 @@ class GGUFReader(gguf.GGUFReader):
     self._plain_data = np.asarray(value)
 
 
+def open_gguf(path: str) -> GGUFReader:
+  """Opens a GGUF file (header, metadata and tensor index; no tensor data).
+
+  Args:
+    path: the .gguf file.
+
+  Returns:
+    The reader.
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    ValueError: the file is not a GGUF file, or a truncated or corrupt one;
+      the message names it.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"GGUF file {path!r} does not exist.")
+  try:
+    return GGUFReader(path)
+  except (ValueError, IndexError, KeyError, OverflowError) as e:
+    # gguf reports a bad magic, an empty file or a cut-off header this way,
+    # without the file's name.
+    raise ValueError(f"{path}: not a readable GGUF file (wrong format, truncated or "
+                     f"corrupt): {e}") from e
+
+
 def _field(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
   field = reader.fields.get(key)
   return default if field is None else field.contents()
@@ -226,9 +251,7 @@ def load_gguf(path: str, *, dtype: str = "float32", param_dtype: str = "float32"
   Returns:
     (model, config).
   """
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"GGUF file {path!r} does not exist.")
-  reader = GGUFReader(path)
+  reader = open_gguf(path)
   config = config_from_gguf(reader, path, dtype=dtype, param_dtype=param_dtype, remat=remat)
   model = weights.load_from_source(gguf_source(reader, path, config), config, mesh)
   return model, config

@@ -62,10 +62,33 @@ def _random_model(config: ModelConfig, mesh: jax.sharding.Mesh | None) -> Decode
   return nnx.merge(graphdef, state)
 
 
+def load_source_tokenizer(source: str) -> transformers.PreTrainedTokenizerFast:
+  """The tokenizer `load_model(source)` returns, without loading any weights.
+
+  Args:
+    source: HF checkpoint directory, .gguf path, 'smollm2' or 'random:<preset>'
+      (whose tokenizer is SmolLM2's).
+
+  Returns:
+    The tokenizer (`tokenizer.load_tokenizer`).
+
+  Raises:
+    FileNotFoundError: the source or its tokenizer files do not exist.
+    ValueError: the tokenizer files cannot be loaded (the message names them).
+  """
+  if source == "smollm2" or source.startswith("random:"):
+    return tokenizer_lib.load_tokenizer(default_gguf_path())
+  return tokenizer_lib.load_tokenizer(source)
+
+
 def load_model(source: str, *, dtype: str = "float32", param_dtype: str = "float32",
                remat: str = "none", mesh: jax.sharding.Mesh | None = None
                ) -> tuple[Decoder, transformers.PreTrainedTokenizerFast, ModelConfig]:
   """Loads (model, tokenizer, config) from an HF directory, a GGUF file or a name.
+
+  Cheap checks come first: the config (config.json or the GGUF metadata),
+  then the tokenizer (its files exist and load, and its ids fit the model's
+  vocabulary), and only then are the weights read.
 
   The config's pad id is set to the tokenizer's pad id, so batches padded by
   the tokenizer and by our code agree. A 'random:<preset>' model takes its
@@ -83,35 +106,37 @@ def load_model(source: str, *, dtype: str = "float32", param_dtype: str = "float
     (model, tokenizer, config).
 
   Raises:
-    FileNotFoundError: the source does not exist (the message names it).
-    ValueError: an unknown preset, architecture or tensor/shape mismatch.
+    FileNotFoundError: the source or its tokenizer files do not exist (the
+      message names them).
+    ValueError: an unknown preset or architecture, a malformed file (named),
+      a tokenizer whose ids reach the model's vocab_size, or a tensor/shape
+      mismatch.
   """
   if source == "smollm2":
     source = default_gguf_path()
   if source.startswith("random:"):
-    tokenizer = tokenizer_lib.load_tokenizer(default_gguf_path())
     config = get_preset(source[len("random:"):])
-    if config.vocab_size < len(tokenizer):
-      raise ValueError(
-          f"source={source!r}: vocab_size={config.vocab_size} is smaller than the "
-          f"SmolLM2 tokenizer's {len(tokenizer)} tokens.")
+    tokenizer = load_source_tokenizer(source)
+    tokenizer_lib.check_vocab_size(tokenizer, config.vocab_size, origin=f"source={source!r}")
     config = config.replace(
         dtype=dtype, param_dtype=param_dtype, remat=remat,
         bos_token_id=tokenizer.bos_token_id, eos_token_ids=(tokenizer.eos_token_id,),
         pad_token_id=tokenizer.pad_token_id)
     return _random_model(config, mesh), tokenizer, config
+  kinds = dict(dtype=dtype, param_dtype=param_dtype, remat=remat)
   if source.endswith(".gguf"):
-    model, config = gguf_import.load_gguf(
-        source, dtype=dtype, param_dtype=param_dtype, remat=remat, mesh=mesh)
+    reader = gguf_import.open_gguf(source)
+    config = gguf_import.config_from_gguf(reader, source, **kinds)
+    read_source = lambda: gguf_import.gguf_source(reader, source, config)
   elif os.path.isdir(source):
-    model, config = weights.load_hf_checkpoint(
-        source, dtype=dtype, param_dtype=param_dtype, remat=remat, mesh=mesh)
+    config = weights.config_from_hf(source, **kinds)
+    read_source = lambda: weights.safetensors_source(source)
   else:
     raise FileNotFoundError(
         f"Model source {source!r} is not an existing HF checkpoint directory or .gguf "
         "file, nor 'smollm2' or 'random:<preset>'.")
-  tokenizer = tokenizer_lib.load_tokenizer(source)
+  tokenizer = load_source_tokenizer(source)
+  tokenizer_lib.check_vocab_size(tokenizer, config.vocab_size, origin=source)
   config = config.replace(pad_token_id=tokenizer.pad_token_id)
-  # The model keeps its own config object; give it the reconciled one.
-  model.config = config
+  model = weights.load_from_source(read_source(), config, mesh)
   return model, tokenizer, config

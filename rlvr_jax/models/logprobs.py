@@ -3,19 +3,55 @@
 The LM head is applied in chunks of the response length under
 `jax.checkpoint`, so neither the forward nor the backward pass holds the full
 [B, T, V] float32 logits: peak extra memory is [B, chunk, V].
+
+Token ids must lie in [0, V). A jitted function cannot raise, and out of range
+an id is not an error there: id V reads past the embedding table (NaN
+log-probs) and -1 wraps around to V - 1. `check_token_ids` validates host
+data before such a call; `response_logprobs` runs it itself when called
+outside jit.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rlvr_jax.algorithms import circa
 from rlvr_jax.models.decoder import Decoder, positions_from_mask
 
 Array = jax.Array
+
+
+def check_token_ids(tokens: Any, *, vocab_size: int, name: str = "tokens") -> None:
+  """Raises ValueError unless every token id is in [0, vocab_size) (a host-side check).
+
+  Args:
+    tokens: integer token ids of any shape, e.g. one prompt [S] or a batch
+      [B, S]: host data (a NumPy array, a list, a concrete jax.Array), not a
+      traced array.
+    vocab_size: V, the model's vocabulary size.
+    name: how the error message names `tokens` (e.g. 'prompts[3]').
+
+  Raises:
+    ValueError: naming the first out-of-range id, its index (row first) and
+      the number of bad ids.
+  """
+  ids = np.asarray(tokens)
+  if ids.size == 0:
+    return
+  if not np.issubdtype(ids.dtype, np.integer):
+    raise ValueError(f"{name} must hold integer token ids, got dtype {ids.dtype}.")
+  bad = (ids < 0) | (ids >= vocab_size)
+  if np.any(bad):
+    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    where = f"[{', '.join(map(str, index))}]" if index else ""
+    row = f" in row {index[0]}" if ids.ndim >= 2 else ""
+    raise ValueError(
+        f"{name}{where} = {int(ids[index])}: token id{row} outside the model's vocabulary "
+        f"[0, vocab_size={vocab_size}) ({int(np.sum(bad))} such id(s)).")
 
 
 class TokenStats(NamedTuple):
@@ -105,7 +141,8 @@ def response_logprobs(model: Decoder, tokens: Array, input_mask: Array, *,
 
   Args:
     model: the decoder.
-    tokens: [B, S] int32, prompt left-padded to P then response (S = P + T).
+    tokens: [B, S] int32, prompt left-padded to P then response (S = P + T);
+      ids in [0, V), checked here unless traced (`check_token_ids`).
     input_mask: [B, S] bool, real tokens.
     prompt_len: P (static).
     temperature: the sampling temperature the log-probs are taken at.
@@ -117,14 +154,21 @@ def response_logprobs(model: Decoder, tokens: Array, input_mask: Array, *,
   Returns:
     TokenStats with logp [B, T] (and entropy [B, T], hidden [B, T, D],
     self_certainty [B, T]).
+
+  Raises:
+    ValueError: mismatched shapes, prompt_len outside (0, S), or (for
+      concrete tokens) a token id outside [0, V).
   """
   if tokens.shape != input_mask.shape:
     raise ValueError(
         f"tokens {tokens.shape} and input_mask {input_mask.shape} differ in shape.")
   if not 0 < prompt_len < tokens.shape[1]:
     raise ValueError(f"prompt_len={prompt_len} outside (0, S={tokens.shape[1]}).")
+  if not isinstance(tokens, jax.core.Tracer) and (
+      not isinstance(tokens, jax.Array) or tokens.is_fully_addressable):
+    check_token_ids(tokens, vocab_size=model.config.vocab_size)
   positions = positions_from_mask(input_mask)
-  hidden, _ = model(tokens[:, :-1], positions[:, :-1], input_mask[:, :-1])
+  hidden = model(tokens[:, :-1], positions[:, :-1], input_mask[:, :-1])
   hidden = hidden[:, prompt_len - 1:]
   out = logprobs_from_hidden(
       model, hidden, tokens[:, prompt_len:], temperature=temperature,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from typing import Callable
 
 import transformers
 
@@ -39,17 +40,18 @@ def load_tokenizer(path: str) -> transformers.PreTrainedTokenizerFast:
 
   Raises:
     FileNotFoundError: `path` does not exist or holds no tokenizer files.
-    ValueError: the files give no fast tokenizer, or one without pad and EOS
-      tokens.
+    ValueError: the files cannot be loaded (the message names `path` and
+      the cause), give no fast tokenizer, or one without pad and EOS tokens.
   """
   if path.endswith(".gguf"):
     if not os.path.isfile(path):
       raise FileNotFoundError(f"GGUF file {path!r} does not exist.")
-    tokenizer = _gguf_tokenizer(path)
+    tokenizer = _load_or_explain(_gguf_tokenizer, path)
   elif os.path.isdir(path):
     if not any(os.path.isfile(os.path.join(path, f)) for f in _TOKENIZER_FILES):
       raise FileNotFoundError(f"No tokenizer file {list(_TOKENIZER_FILES)} in {path!r}.")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tokenizer = _load_or_explain(
+        lambda p: transformers.AutoTokenizer.from_pretrained(p, local_files_only=True), path)
   else:
     raise FileNotFoundError(
         f"Tokenizer path {path!r} is neither a directory nor a .gguf file.")
@@ -63,6 +65,52 @@ def load_tokenizer(path: str) -> transformers.PreTrainedTokenizerFast:
     tokenizer.pad_token = tokenizer.eos_token
   tokenizer.padding_side = "left"
   return tokenizer
+
+
+def _load_or_explain(load: Callable[[str], transformers.PreTrainedTokenizerBase],
+                     path: str) -> transformers.PreTrainedTokenizerBase:
+  """`load(path)`, with any failure re-raised as a ValueError naming `path`.
+
+  transformers and the Rust `tokenizers` library report a corrupt file with
+  their own exception types (often a bare `Exception`) and without its name.
+  """
+  try:
+    return load(path)
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    raise ValueError(f"{path}: the tokenizer files cannot be loaded: "
+                     f"{type(e).__name__}: {e}") from e
+
+
+def id_bound(tokenizer: transformers.PreTrainedTokenizerBase) -> int:
+  """One more than the largest token id the tokenizer can produce.
+
+  The largest id of its vocabulary, added tokens included (ids need not be
+  contiguous, so this can exceed `len(tokenizer)`).
+  """
+  return max(max(tokenizer.get_vocab().values()) + 1, len(tokenizer))
+
+
+def check_vocab_size(tokenizer: transformers.PreTrainedTokenizerBase, vocab_size: int, *,
+                     origin: str) -> None:
+  """Refuses a tokenizer whose ids reach past the model's embedding table.
+
+  An id >= V would index outside the [V, D] embedding (JAX clamps or fills
+  such gathers silently). A tokenizer smaller than V is fine: checkpoints pad
+  V (e.g. Qwen's 151,936 rows for about 151,665 tokens).
+
+  Args:
+    tokenizer: the tokenizer.
+    vocab_size: V, the model config's vocab_size.
+    origin: the model source, for the message.
+
+  Raises:
+    ValueError: the tokenizer's ids reach V or beyond; names both numbers.
+  """
+  bound = id_bound(tokenizer)
+  if bound > vocab_size:
+    raise ValueError(
+        f"{origin}: the tokenizer has ids up to {bound - 1} ({bound} ids) but the model's "
+        f"vocab_size is {vocab_size}: token ids must be < vocab_size.")
 
 
 def _gguf_cache_dir(path: str) -> str:

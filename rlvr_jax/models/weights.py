@@ -52,6 +52,9 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
 
+# The level orbax gives each nnx Variable in a saved State: {'value': array}.
+_VARIABLE_VALUE = "/value"
+
 # Names some older checkpoints store that carry no parameter (RoPE buffers).
 _IGNORED = re.compile(r"^model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq$")
 
@@ -105,8 +108,15 @@ class TensorSource:
 
 
 def _read_json(path: str) -> dict[str, Any]:
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  """The JSON object in `path`; ValueError naming the file when it is not one."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      value = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path}: not valid JSON ({e}).") from e
+  if not isinstance(value, dict):
+    raise ValueError(f"{path}: expected a JSON object, found a {type(value).__name__}.")
+  return value
 
 
 def _as_ids(value: int | list[int] | None) -> tuple[int, ...]:
@@ -443,20 +453,31 @@ def _safetensors_files(path: str) -> tuple[str, list[str]]:
 
 
 def safetensors_source(path: str) -> TensorSource:
-  """A TensorSource over the safetensors files of an HF checkpoint directory."""
+  """A TensorSource over the safetensors files of an HF checkpoint directory.
+
+  Every file's header is read here, so a truncated or corrupt file is an
+  error (naming it) before any tensor is loaded.
+  """
   origin, files = _safetensors_files(path)
   shapes, owner = {}, {}
   for f in files:
-    with safetensors.safe_open(f, framework="np") as handle:
-      for name in handle.keys():
-        if name in owner:
-          raise ValueError(f"{name} is stored twice: in {owner[name]!r} and {f!r}.")
-        owner[name] = f
-        shapes[name] = tuple(handle.get_slice(name).get_shape())
+    try:
+      with safetensors.safe_open(f, framework="np") as handle:
+        for name in handle.keys():
+          if name in owner:
+            raise ValueError(f"{name} is stored twice: in {owner[name]!r} and {f!r}.")
+          owner[name] = f
+          shapes[name] = tuple(handle.get_slice(name).get_shape())
+    except safetensors.SafetensorError as e:
+      raise ValueError(f"{f}: not a readable safetensors file (truncated or corrupt?): "
+                       f"{e}") from e
 
   def read(name: str) -> np.ndarray:
-    with safetensors.safe_open(owner[name], framework="np") as handle:
-      return handle.get_tensor(name)
+    try:
+      with safetensors.safe_open(owner[name], framework="np") as handle:
+        return handle.get_tensor(name)
+    except safetensors.SafetensorError as e:
+      raise ValueError(f"{owner[name]}: cannot read tensor {name!r}: {e}") from e
 
   return TensorSource(origin, shapes, read)
 
@@ -489,6 +510,36 @@ def _to_host(x: Any) -> np.ndarray:
   return np.asarray(jax.device_get(x))
 
 
+def flat_params(params: Mapping[str, Any]) -> dict[str, Any]:
+  """Our parameter tree flattened to {'embed/embedding': array, ...}.
+
+  Accepts each layout a parameter tree comes in: the pure dict of
+  docs/CONVENTIONS.md (`nnx.to_pure_dict`), an nnx.State of Params, and the
+  tree the trainer (and RELEX) save, where orbax stores every nnx Variable as
+  {'value': array} (`embed/embedding/value`); that Variable level is
+  dropped here, the one place it is handled.
+
+  Args:
+    params: the parameter tree.
+
+  Returns:
+    {slash path of docs/CONVENTIONS.md: array}.
+
+  Raises:
+    ValueError: a parameter appears both with and without the Variable level.
+  """
+  if isinstance(params, nnx.State):
+    params = nnx.to_pure_dict(params)
+  flat = {}
+  for path, value in traverse_util.flatten_dict(dict(params), sep="/").items():
+    if path.endswith(_VARIABLE_VALUE) and path[:-len(_VARIABLE_VALUE)] in _PARAM_MAP:
+      path = path[:-len(_VARIABLE_VALUE)]
+    if path in flat:
+      raise ValueError(f"params hold {path!r} twice (with and without its 'value' level).")
+    flat[path] = value
+  return flat
+
+
 def _torch_dtype_name(dtype: np.dtype) -> str:
   if dtype == ml_dtypes.bfloat16:
     return "bfloat16"
@@ -509,7 +560,9 @@ def export_hf_safetensors(params: Mapping[str, Any], config: ModelConfig, out_di
 
   Args:
     params: the parameters as a pure dict (`nnx.to_pure_dict(nnx.state(model,
-      nnx.Param))`, docs/CONVENTIONS.md) or as that nnx.State.
+      nnx.Param))`, docs/CONVENTIONS.md), as that nnx.State, or as a trainer
+      or RELEX checkpoint stores them (each weight as {'value': array};
+      `flat_params`).
     config: the model's config.
     out_dir: output directory (created).
     tokenizer: optional transformers tokenizer to save beside the weights.
@@ -518,9 +571,7 @@ def export_hf_safetensors(params: Mapping[str, Any], config: ModelConfig, out_di
   Returns:
     The weight files written (absolute paths).
   """
-  if isinstance(params, nnx.State):
-    params = nnx.to_pure_dict(params)
-  flat = traverse_util.flatten_dict(dict(params), sep="/")
+  flat = flat_params(params)
   tensors = {}
   for path, value in flat.items():
     names = _hf_names(path, config)

@@ -43,8 +43,7 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 
 from rlvr_jax.relex import relex
-from rlvr_jax.training.checkpoints import DEFAULT_CHUNK_BYTE_SIZE
-from rlvr_jax.training.checkpoints import storage_save_args
+from rlvr_jax.checkpoints import storage_save_args
 
 # Output dtypes of the `dtype` flag; 'same' keeps each tensor's stored dtype.
 OUTPUT_DTYPES = ("same", "float32", "bfloat16", "float16")
@@ -355,11 +354,16 @@ def save_checkpoint(output_dir: str | epath.Path, step: int, params: Any,
     manager.close()
     raise ValueError(f"output_dir={str(output_dir)!r} already has a checkpoint "
                      f"for step {step}; choose another --output_dir.")
-  manager.save(step, args=ocp.args.Composite(
+  saved = manager.save(step, args=ocp.args.Composite(
       params=ocp.args.StandardSave(params, save_args=storage_save_args(params)),
       meta=ocp.args.JsonSave(dict(meta))))
   manager.wait_until_finished()
+  latest = manager.latest_step()
   manager.close()
+  if not saved or not (directory / str(step) / "params").is_dir():
+    raise ValueError(f"output_dir={str(output_dir)!r}: orbax did not write step {step} "
+                     f"(latest step there: {latest}; it writes only increasing steps); "
+                     "choose an empty --output_dir.")
   return directory / str(step) / "params"
 
 

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 from etils import epath
 import numpy as np
 
-from rlvr_jax.relex import relex
+from rlvr_jax.relex import fit as fit_lib
 
 # Tensors plotted when none are named: the ones with the largest sigma_1.
 _DEFAULT_PLOTTED = 4
@@ -59,7 +59,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def summarize(
-    fits: Mapping[str, Sequence[relex.TensorFit]],
+    fits: Mapping[str, Sequence[fit_lib.TensorFit]],
     *,
     stacked: Mapping[str, bool],
     base_step: int,

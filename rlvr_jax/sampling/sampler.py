@@ -9,18 +9,9 @@ response_mask [B, T] (1 up to and including EOS), the log-probs [B, T] of
 the sampled tokens, the decoded texts and the finish reasons ('eos',
 'stop', 'length').
 
-Speed on XLA:CPU. The decoder's own cache path (`Decoder.__call__` with a
-stacked cache [L, B, S, K, Dh] carried through the scan over layers) copies
-the cache and slices the stacked weights at every layer of every step: for
-SmolLM2-135M at B=32 its decode step was ~10x slower than this module's,
-measured side by side (7.8 s vs 0.72 s per step on the shared 2-core
-machine under load). So the forward here has the decoder's arithmetic
-(norms, RoPE, SwiGLU, f32 softmax, LM head) wired for decoding:
-  * the layers are a Python loop over per-layer weights, sliced from the
-    stacked parameters once per call with q/k/v and gate/up side by side
-    (one matmul each), so nothing is sliced or copied inside the loop;
-  * each layer's cache is its own pair of [B, K, S, Dh] buffers, updated in
-    place at slot `cache_index`;
+Speed on XLA:CPU. The forward is `rlvr_jax.models.decode` (the decoder's
+arithmetic on per-layer weights and per-layer [B, K, S, Dh] caches, its
+module docstring says why); this module lays the work out around it:
   * the prefill runs each distinct prompt once (a trainer's group of
     responses to one prompt shares its cache rows), and the prompts' shared
     leading tokens (a chat template's system turn, a few-shot preamble)
@@ -31,12 +22,12 @@ machine under load). So the forward here has the decoder's arithmetic
   * a decode step reads the whole KV cache, so the steps run in up to 4
     while loops over a cache that grows between them (as long as the
     tokens so far, not as the longest response);
-  * a decode step's attention multiplies and sums ([G, Dh] x [Dh, S] per row
-    and KV head is too small for a matmul library), and its matmuls go to
-    Eigen rather than YNNPACK (`_CPU_COMPILER_OPTIONS`).
-Measured on the 2-core EPYC (benchmarks/generation.py, 32 x 128, f32), the
-last four together: 20.27 s -> 17.94 s per call (best of 4, interleaved in
-one process); the shared prefix alone cut the prefill from 2.9 s to 1.9 s.
+  * a decode step's matmuls go to Eigen rather than YNNPACK
+    (`_CPU_COMPILER_OPTIONS`).
+Measured on the 2-core EPYC (benchmarks/generation.py, 32 x 128, f32), these
+three and the decode step's multiply-and-sum attention together: 20.27 s ->
+17.94 s per call (best of 4, interleaved in one process); the shared prefix
+alone cut the prefill from 2.9 s to 1.9 s.
 Greedy decoding equals argmax decoding by full recomputation token for
 token, and the sampled log-probs equal
 `rlvr_jax.models.logprobs.response_logprobs` at the same temperature
@@ -91,7 +82,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlvr_jax import sharding
+from rlvr_jax.models import decode as decode_lib
 from rlvr_jax.models import decoder as decoder_lib
+from rlvr_jax.models import logprobs as logprobs_lib
 from rlvr_jax.models import tokenizer as tokenizer_lib
 
 Array = jax.Array
@@ -152,145 +145,6 @@ class _LoopConfig:
   eos_token_ids: tuple[int, ...]
   pad_token_id: int
   prefix_len: int = 0
-
-
-# ---------------------------------------------------------------------------
-# Forward pass with per-layer weights and caches.
-
-
-def _attend(q: Array, keys: Array, values: Array, mask: Array) -> Array:
-  """Grouped-query attention of q over keys/values (the decoder's arithmetic).
-
-  A decode step (T = 1) multiplies and sums instead of calling a batched
-  matmul: per (row, kv head) the products are [G, Dh] x [Dh, S] with G = N / K
-  query heads, too small for a matmul library, and XLA:CPU's fused
-  multiply-reduce streams each cache once (the step reads the whole KV cache
-  and is bound by memory bandwidth).
-
-  Args:
-    q: [B, T, N, Dh] queries after RoPE.
-    keys: [B, K, S, Dh].
-    values: [B, K, S, Dh].
-    mask: [B, T, S] bool, True where query t may attend to slot s.
-
-  Returns:
-    [B, T, N * Dh], heads flattened in the order of the o-projection's input.
-  """
-  b, t, n, dh = q.shape
-  k = keys.shape[1]
-  q = q.reshape(b, t, k, n // k, dh)
-  keys, values = keys.astype(q.dtype), values.astype(q.dtype)
-  if t == 1:
-    scores = jnp.sum(q[:, 0, :, :, None, :] * keys[:, :, None], axis=-1)[:, :, :, None]
-  else:
-    scores = jnp.einsum("btkgh,bksh->bkgts", q, keys)
-  scores = jnp.where(mask[:, None, None], (scores * dh ** -0.5).astype(jnp.float32),
-                     decoder_lib._MASK_VALUE)  # pylint: disable=protected-access
-  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)  # [B, K, G, T, S]
-  if t == 1:
-    out = jnp.sum(probs[:, :, :, 0, :, None] * values[:, :, None], axis=-2)[:, :, :, None]
-  else:
-    out = jnp.einsum("bkgts,bksh->bkgth", probs, values)
-  return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n * dh)
-
-
-def _decode_weights(model: decoder_lib.Decoder) -> tuple[list[dict[str, Array]], Array]:
-  """Per-layer weights for decoding, and the LM head as a [D, V] matrix.
-
-  Sliced from the stacked [L, ...] parameters and cast to the compute dtype
-  once per generation call, so nothing is sliced, cast or transposed inside
-  the decode loop. Per layer: "qkv" [D, (N + 2K) Dh] (the q, k and v kernels
-  side by side: one matmul), "qkv_bias" [(N + 2K) Dh] or absent, "o"
-  [N Dh, D], "gate_up" [D, 2F] (gate then up: one matmul), "down" [F, D],
-  "attn_norm" and "mlp_norm" [D], "q_norm" and "k_norm" [Dh] or absent.
-  """
-  c = model.config
-  dtype = jnp.dtype(c.dtype)
-  attn, mlp = model.layers.attn, model.layers.mlp
-  flat = lambda kernel: kernel[...].reshape(c.num_layers, c.hidden_size, -1)
-  stacked = {
-      "qkv": jnp.concatenate([flat(attn.q.kernel), flat(attn.k.kernel), flat(attn.v.kernel)],
-                             axis=-1),
-      "o": attn.o.kernel[...].reshape(c.num_layers, -1, c.hidden_size),
-      "gate_up": jnp.concatenate([mlp.gate.kernel[...], mlp.up.kernel[...]], axis=-1),
-      "down": mlp.down.kernel[...],
-      "attn_norm": model.layers.attn_norm.scale[...],
-      "mlp_norm": model.layers.mlp_norm.scale[...],
-  }
-  if attn.q.bias is not None:
-    stacked["qkv_bias"] = jnp.concatenate(
-        [b[...].reshape(c.num_layers, -1) for b in (attn.q.bias, attn.k.bias, attn.v.bias)],
-        axis=-1)
-  if attn.q_norm is not None:
-    stacked["q_norm"], stacked["k_norm"] = attn.q_norm.scale[...], attn.k_norm.scale[...]
-  layers = [{name: w[i].astype(dtype) for name, w in stacked.items()}
-            for i in range(c.num_layers)]
-  head = (model.embed.embedding[...].T if model.lm_head is None
-          else model.lm_head.kernel[...])
-  return layers, head.astype(dtype)
-
-
-def _layer(w: dict[str, Array], x: Array, rope: tuple[Array, Array, float], mask: Array,
-           cache: tuple[Array, Array], cache_index: Array | int, *,
-           config: Any) -> tuple[Array, tuple[Array, Array]]:
-  """`decoder.Block` on one layer's `_decode_weights`, reading and writing its cache.
-
-  Args:
-    w: the layer's weights (`_decode_weights`).
-    x: [B, T, D] residual stream.
-    rope: RoPE's positions [B, T], inverse frequencies [Dh/2] and position
-      scale (the same arrays for every layer, so XLA computes cos / sin once).
-    mask: [B, T, S], True where query t may attend to cache slot s (the
-      cache after writing this call's keys).
-    cache: this layer's (keys, values), each [B, K, S, Dh].
-    cache_index: cache slot of x[:, 0].
-    config: the model config.
-
-  Returns:
-    The new residual stream [B, T, D] and the updated cache.
-  """
-  c = config
-  b, t, _ = x.shape
-  n_q, n_kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-  h = decoder_lib.rms_norm(x, w["attn_norm"], c.rms_norm_eps)
-  qkv = h @ w["qkv"]
-  if "qkv_bias" in w:
-    qkv = qkv + w["qkv_bias"]
-  q = qkv[..., :n_q].reshape(b, t, c.num_heads, c.head_dim)
-  k = qkv[..., n_q:n_q + n_kv].reshape(b, t, c.num_kv_heads, c.head_dim)
-  v = qkv[..., n_q + n_kv:].reshape(b, t, c.num_kv_heads, c.head_dim)
-  if "q_norm" in w:
-    q = decoder_lib.rms_norm(q, w["q_norm"], c.rms_norm_eps)
-    k = decoder_lib.rms_norm(k, w["k_norm"], c.rms_norm_eps)
-  positions, inv_freq, position_scale = rope
-  q = decoder_lib.apply_rope(q, positions, inv_freq, position_scale)
-  k = decoder_lib.apply_rope(k, positions, inv_freq, position_scale)
-  k_cache, v_cache = cache
-  k = k.swapaxes(1, 2).astype(k_cache.dtype)  # [B, K, T, Dh]
-  v = v.swapaxes(1, 2).astype(v_cache.dtype)
-  k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k, cache_index, axis=2)
-  v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v, cache_index, axis=2)
-  x = x + _attend(q, k_cache, v_cache, mask) @ w["o"]
-  h = decoder_lib.rms_norm(x, w["mlp_norm"], c.rms_norm_eps)
-  gate, up = jnp.split(h @ w["gate_up"], 2, axis=-1)
-  x = x + (jax.nn.silu(gate) * up) @ w["down"]
-  return sharding.constrain(x, ("batch", None, None)), (k_cache, v_cache)
-
-
-def _forward(model: decoder_lib.Decoder, layers: list[dict[str, Array]], tokens: Array,
-             positions: Array, mask: Array, caches: list[tuple[Array, Array]],
-             cache_index: Array | int) -> tuple[Array, list[tuple[Array, Array]]]:
-  """Final hidden states [B, T, D] of tokens [B, T], and the updated caches."""
-  c = model.config
-  attn = model.layers.attn
-  rope = (positions, attn.inv_freq[...][0], attn.position_scale)
-  x = model.embed(tokens).astype(jnp.dtype(c.dtype))
-  x = sharding.constrain(x, ("batch", None, None))
-  new_caches = []
-  for w, cache in zip(layers, caches):
-    x, cache = _layer(w, x, rope, mask, cache, cache_index, config=c)
-    new_caches.append(cache)
-  return model.final_norm(x), new_caches
 
 
 # ---------------------------------------------------------------------------
@@ -404,7 +258,7 @@ def _generate(graphdef: nnx.GraphDef, params: Any, rest: Any, prompt_tokens: Arr
   Args:
     graphdef: the decoder's graph (bound by `Sampler`).
     params: pure dict of the decoder's nnx.Param values.
-    rest: pure dict of the decoder's other state (RoPE frequencies).
+    rest: pure dict of the decoder's non-parameter state (may be empty).
     prompt_tokens: [U, P] int32, the distinct prompts: their shared prefix
       in the first cfg.prefix_len slots, the rest of each left-padded to the
       end (`_prompt_layout`).
@@ -427,8 +281,7 @@ def _generate(graphdef: nnx.GraphDef, params: Any, rest: Any, prompt_tokens: Arr
   u, p = prompt_tokens.shape
   b = source.shape[0]
   t_max = cfg.max_new_tokens
-  layers, head = _decode_weights(model)
-  cache_axes = ("batch", "kv_heads", None, "head_dim")
+  layers, head = decode_lib.decode_weights(model)
 
   # Prefill. The first cfg.prefix_len slots hold the prompts' shared prefix
   # (the same tokens at the same positions in every row): it runs once, on
@@ -436,24 +289,23 @@ def _generate(graphdef: nnx.GraphDef, params: Any, rest: Any, prompt_tokens: Arr
   # values. Then the U distinct prompts' remaining slots run, attending over
   # the prefix and causally over themselves.
   n = cfg.prefix_len
-  empty = lambda rows, slots: jnp.zeros((rows, c.num_kv_heads, slots, c.head_dim),
-                                        jnp.dtype(c.dtype))
   positions = decoder_lib.positions_from_mask(prompt_mask)
-  caches = [(empty(u, p), empty(u, p))] * c.num_layers
+  caches = [decode_lib.empty_cache(c, u, p)] * c.num_layers
   if n:
     causal = jnp.tril(jnp.ones((1, n, n), bool))
-    _, prefix = _forward(model, layers, prompt_tokens[:1, :n], positions[:1, :n], causal,
-                         [(empty(1, n), empty(1, n))] * c.num_layers, 0)
+    _, prefix = decode_lib.forward(model, layers, prompt_tokens[:1, :n], positions[:1, :n],
+                                   causal, [decode_lib.empty_cache(c, 1, n)] * c.num_layers, 0)
     rows = lambda a: jnp.concatenate(
-        [jnp.broadcast_to(a, (u, *a.shape[1:])), empty(u, p - n)], axis=2)
+        [jnp.broadcast_to(a, (u, *a.shape[1:])), decode_lib.empty_cache(c, u, p - n)[0]],
+        axis=2)
     caches = [(rows(k), rows(v)) for k, v in prefix]
   query_slots = n + jnp.arange(p - n)
   mask = (jnp.arange(p)[None, :] <= query_slots[:, None])[None] & prompt_mask[:, None, :]
-  hidden, prompt_caches = _forward(model, layers, prompt_tokens[:, n:], positions[:, n:], mask,
-                                   caches, n)
+  hidden, prompt_caches = decode_lib.forward(model, layers, prompt_tokens[:, n:],
+                                             positions[:, n:], mask, caches, n)
 
   # Each row copies its prompt's cache and the logits of its last slot.
-  logits = jnp.take((hidden[:, -1] @ head).astype(jnp.float32), source, axis=0)
+  logits = jnp.take(decode_lib.logits(hidden[:, -1], head), source, axis=0)
   caches = [(jnp.take(k, source, axis=0), jnp.take(v, source, axis=0))
             for k, v in prompt_caches]
   prompt_mask = jnp.take(prompt_mask, source, axis=0)
@@ -505,11 +357,10 @@ def _generate(graphdef: nnx.GraphDef, params: Any, rest: Any, prompt_tokens: Arr
     size = state["caches"][0][0].shape[2]
     slots = jnp.arange(size)
     valid = jnp.pad(prompt_mask, ((0, 0), (0, size - p))) | ((slots >= p) & (slots <= slot))[None]
-    hidden, caches = _forward(
+    hidden, caches = decode_lib.forward(
         model, layers, state["last"][:, None], (n_prompt + t - 1)[:, None],
         valid[:, None, :], state["caches"], slot)
-    token, logp = sample((hidden[:, 0] @ head).astype(jnp.float32),
-                         jax.random.fold_in(key, t))
+    token, logp = sample(decode_lib.logits(hidden[:, 0], head), jax.random.fold_in(key, t))
     state = record(dict(state, caches=caches), t, token, logp)
     return dict(state, t=t + 1)
 
@@ -521,7 +372,8 @@ def _generate(graphdef: nnx.GraphDef, params: Any, rest: Any, prompt_tokens: Arr
   for j in range(phases):
     t_end = 1 + -(-(t_max - 1) * (j + 1) // phases)
     grow = lambda a, t_end=t_end: sharding.constrain(
-        jnp.pad(a, ((0, 0), (0, 0), (0, p + t_end - 1 - a.shape[2]), (0, 0))), cache_axes)
+        jnp.pad(a, ((0, 0), (0, 0), (0, p + t_end - 1 - a.shape[2]), (0, 0))),
+        decode_lib.CACHE_AXES)
     state["caches"] = [(grow(k), grow(v)) for k, v in state["caches"]]
     state = jax.lax.while_loop(
         lambda state, t_end=t_end: (state["t"] < t_end) & ~jnp.all(state["done"]), body, state)
@@ -689,6 +541,8 @@ class Sampler:
       if len(row) > self.max_prompt_len:
         raise ValueError(
             f"prompts[{i}] has {len(row)} tokens > max_prompt_len={self.max_prompt_len}.")
+      logprobs_lib.check_token_ids(row, vocab_size=self.model.config.vocab_size,
+                                   name=f"prompts[{i}]")
     return ids
 
   def _stop_sequences(self, stop_strings: Sequence[str]) -> np.ndarray:

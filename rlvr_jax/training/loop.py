@@ -38,17 +38,19 @@ from rlvr_jax.algorithms import circa
 from rlvr_jax.algorithms import delta as delta_lib
 from rlvr_jax.data import iterator as data_iterator
 from rlvr_jax.data import prompts as prompts_lib
+from rlvr_jax.evaluation import evaluate as evaluate_lib
 from rlvr_jax.evaluation import heldout
 from rlvr_jax.models import loader
 from rlvr_jax.rewards import math_checker
 from rlvr_jax.rewards import scorers
 from rlvr_jax.sampling import sampler as sampler_lib
 from rlvr_jax.training import channel_credit
-from rlvr_jax.training import checkpoints
+from rlvr_jax import checkpoints
 from rlvr_jax.training import config_checks
 from rlvr_jax.training import credit as credit_lib
 from rlvr_jax.training import metrics as metrics_lib
 from rlvr_jax.training import optimizer as optimizer_lib
+from rlvr_jax.training import run_state
 from rlvr_jax.training import step as step_lib
 
 
@@ -66,10 +68,12 @@ def _host(x: jax.Array) -> np.ndarray:
 class Trainer:
   """The state of one run; `run()` trains, evaluates and returns the summary."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    config_checks.validate(config)
-    self.config = c = config
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, *,
+               overwrite: bool = False):
+    checked = config_checks.preflight(config)
+    self.config = c = config = checked.config
     self.workdir = workdir
+    run_state.prepare_workdir(workdir, config, overwrite=overwrite)
     os.makedirs(workdir, exist_ok=True)
     sharding.initialize_distributed()
     self.mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
@@ -90,7 +94,7 @@ class Trainer:
     # processes' devices, the same rows in the same order with any number of
     # processes, and the iterator state saved by process 0 is every
     # process's state, so a run resumes with any number of processes.
-    self.sources = data_iterator.make_sources(c.data)
+    self.sources = checked.sources
     self.iterator = data_iterator.PromptIterator(
         self.sources.train, batch_size=c.rl.prompts_per_batch, seed=c.data.seed)
     shots = []
@@ -132,7 +136,7 @@ class Trainer:
     self.optimizer = optimizer_lib.make_optimizer(
         lr=c.optim.lr, warmup_steps=c.optim.warmup_steps, total_steps=total_updates,
         decay=c.optim.decay, weight_decay=c.optim.weight_decay,
-        grad_clip=c.optim.grad_clip, b1=c.optim.b1, b2=c.optim.b2)
+        grad_clip=c.optim.grad_clip, b1=c.optim.b1, b2=c.optim.b2, eps=c.optim.eps)
     # Adam's moments are laid out like the parameters they mirror (counts
     # replicated): the layout the update step returns, so it compiles once.
     opt_shardings = optax.tree_map_params(
@@ -178,19 +182,13 @@ class Trainer:
 
   def evaluate(self, name: str) -> heldout.HeldOutResult:
     """Greedy accuracy on the held-out records with the current params."""
-    c = self.config
-    records = self.sources.eval
-    bar = tqdm.tqdm(total=len(records), desc=f"eval {name}", disable=not self.is_main,
-                    leave=False)
-    generate = lambda prompts: self.eval_sampler.generate(
-        prompts, key=jax.random.key(0), greedy=True,
-        stop_strings=tuple(c.rl.stop_strings))
-    result = heldout.evaluate_heldout(
-        records, generate=generate, render=self.render, reward_fn=self.eval_reward_fn,
-        batch_size=c.train.eval_batch_size, progress=bar.update)
-    bar.close()
+    # The one held-out evaluation (also experiments.evaluate's and RELEX's).
+    result = heldout.HeldOutResult.from_benchmark(evaluate_lib.evaluate_heldout(
+        self.config, sampler=self.eval_sampler, tokenizer=self.tokenizer,
+        sources=self.sources, reward_fn=self.eval_reward_fn, desc=f"eval {name}",
+        show_progress=self.is_main))
     logging.info("%s held-out accuracy %.4f on %d problems", name, result.accuracy,
-                 len(records))
+                 len(self.sources.eval))
     return result
 
   # -- one iteration -----------------------------------------------------------
@@ -302,7 +300,7 @@ class Trainer:
             for i in range(self.config.rl.mini_batches)]
 
   def _delta_report(self, step: int, coef: jax.Array, gbatch: dict[str, jax.Array]) -> None:
-    from rlvr_jax.algorithms import delta_report  # pylint: disable=g-import-not-at-top
+    from rlvr_jax.training import delta_report  # pylint: disable=g-import-not-at-top
     coef, mask, adv, tokens = (_host(x) for x in (
         coef, gbatch["response_mask"], gbatch["advantages"], gbatch["tokens"]))
     if not self.is_main:
@@ -320,28 +318,34 @@ class Trainer:
     return {"step": step, "data": self.iterator.get_state(), "seed": self.config.rl.seed,
             "model_config": self.model_config.to_dict()}
 
+  def _check_finite_state(self, step: int) -> None:
+    """Refuses to go on (and to save) with non-finite params or optimizer state."""
+    if not bool(step_lib.all_finite((self.params, self.opt_state))):
+      raise FloatingPointError(f"step {step}: the parameters or optimizer state hold a "
+                               "non-finite value; not saved.")
+
   def _restore_or_save_base(self) -> int:
-    latest = self.checkpointer.latest_step()
-    if latest is None:
+    restored = self.checkpointer.restore_latest_intact(self.params, self.opt_state)
+    if restored is None:
       self.checkpointer.save(0, self.params, self.opt_state, self._meta(0), force=True)
+      self.writer.truncate_after(0)
       return 0
-    self.params, self.opt_state, meta = self.checkpointer.restore(
-        latest, self.params, self.opt_state)
+    latest, self.params, self.opt_state, meta = restored
     nnx.update(self.model, self.params)
     self.iterator.set_state(meta["data"])
     logging.info("resumed from step %d", latest)
-    return int(meta["step"])
+    start = int(meta["step"])
+    # Rows past the restored step are redone by this run; a finished run's
+    # final evaluation row stays (it is not redone, see `run`).
+    self.writer.truncate_after(start)
+    return start
 
   def _save_evaluation(self, path: str, result: heldout.HeldOutResult) -> None:
     """Writes a held-out evaluation: accuracy, then per problem its outcome and text."""
     if not self.is_main:
       return
-    rows = [{"problem": r["problem"], "answer": r["answer"], "response": text,
-             "correct": float(ok)}
-            for r, text, ok in zip(self.sources.eval, result.responses, result.correct)]
     with open(path, "w") as f:
-      json.dump({"accuracy": result.accuracy, "correct": result.correct.tolist(),
-                 "problems": rows}, f, indent=1)
+      json.dump(result.to_json(list(self.sources.eval)), f, indent=1)
 
   def run(self) -> dict[str, Any]:
     """Trains for rl.steps iterations; evaluates before/after; returns a summary."""
@@ -364,15 +368,28 @@ class Trainer:
     bar = tqdm.trange(start, c.rl.steps, initial=start, total=c.rl.steps, desc="train",
                       disable=not self.is_main)
     last_good = start
+    skipped_in_row = 0
     for step in bar:
       metrics = self.train_step(step)
       done = step + 1
       if metrics["train/skipped"] > 0:
-        logging.warning("step %d: non-finite loss or gradient; update skipped, params "
-                        "kept (last good checkpoint: step %d)", done, last_good)
+        skipped_in_row += 1
+        logging.warning("step %d: non-finite loss, gradient or updated state; update "
+                        "skipped, params kept (last good checkpoint: step %d)",
+                        done, last_good)
+      else:
+        skipped_in_row = 0
       if c.train.eval_every and done % c.train.eval_every == 0 and done != c.rl.steps:
         metrics.update(self.evaluate(f"step {done}").metrics("eval"))
       self.writer.write(done, metrics)
+      if skipped_in_row >= c.train.max_skipped_steps:
+        self.checkpointer.wait()
+        raise FloatingPointError(
+            f"{skipped_in_row} consecutive steps (up to step {done}) skipped their update "
+            f"for non-finite values; the last good checkpoint is step {last_good}. Lower "
+            f"--config.optim.lr (now {c.optim.lr}) or check the data; "
+            f"--config.train.max_skipped_steps={c.train.max_skipped_steps} sets the limit.")
+      self._check_finite_state(done)
       if self.checkpointer.save(done, self.params, self.opt_state, self._meta(done)):
         last_good = done
       bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}",
@@ -382,10 +399,17 @@ class Trainer:
                            force=c.rl.steps not in self.checkpointer.all_steps())
     self.checkpointer.wait()
 
-    if c.train.eval_after:
+    after_path = os.path.join(self.workdir, "eval_after.json")
+    if c.train.eval_after and start == c.rl.steps and os.path.exists(after_path):
+      with open(after_path) as f:  # a finished run, resumed: nothing changed
+        after = np.asarray(json.load(f)["correct"], np.float32)
+      summary["accuracy_after"] = float(after.mean())
+      if before is not None:
+        summary["p_value"] = heldout.mcnemar_exact(before, after)
+    elif c.train.eval_after:
       result = self.evaluate("after")
       self.writer.write(c.rl.steps, result.metrics("eval"))
-      self._save_evaluation(os.path.join(self.workdir, "eval_after.json"), result)
+      self._save_evaluation(after_path, result)
       summary["accuracy_after"] = result.accuracy
       if before is not None:
         summary["p_value"] = heldout.mcnemar_exact(before, result.correct)
@@ -402,13 +426,17 @@ class Trainer:
       self.pool.close()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       overwrite: bool = False) -> dict[str, Any]:
   """Runs the whole experiment of `config` in `workdir` (resuming if possible).
+
+  A `workdir` holding a run of another config is refused
+  (`run_state.prepare_workdir`) unless `overwrite`, which clears it first.
 
   Returns:
     {'accuracy_before', 'accuracy_after', 'p_value'} for the parts that ran.
   """
-  trainer = Trainer(config, workdir)
+  trainer = Trainer(config, workdir, overwrite=overwrite)
   try:
     return trainer.run()
   finally:

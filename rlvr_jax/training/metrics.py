@@ -45,6 +45,22 @@ class MetricWriter:
         self._tb.add_scalar(key, value, step)
       self._tb.flush()
 
+  def truncate_after(self, step: int) -> int:
+    """Drops the JSONL rows of steps > `step` (a resume redoes them); returns how many.
+
+    The TensorBoard events of those steps stay; TensorBoard shows the latest
+    write of a step.
+    """
+    if not self.enabled or not os.path.exists(self.path):
+      return 0
+    with open(self.path) as f:
+      lines = [line for line in f if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+      with open(self.path, "w") as f:
+        f.writelines(kept)
+    return len(lines) - len(kept)
+
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()

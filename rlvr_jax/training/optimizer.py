@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import optax
 
@@ -44,10 +46,35 @@ def learning_rate_schedule(*, lr: float, warmup_steps: int, total_steps: int,
   return optax.join_schedules([warmup, after], [warmup_steps - 1])
 
 
-def _decay_mask(params):
-  """Weight decay on matrices only: norms' scales and biases are not decayed
-  (the HF Trainer / TRL convention)."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+# Parameter names (the last key of a parameter's path) that weight decay
+# applies to: projection kernels and embeddings. Everything else (norm
+# scales, biases) is not decayed, the HF Trainer / TRL convention.
+DECAYED_NAMES = ("kernel", "embedding")
+
+
+def _param_name(path: tuple[Any, ...]) -> str:
+  """The parameter's own name: the last path key that is not nnx's `value`."""
+  names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+  names = [n for n in names if n != "value"]
+  return names[-1] if names else ""
+
+
+def decay_mask(params: Any) -> Any:
+  """True for the parameters weight decay applies to, chosen by name.
+
+  The decision is by parameter kind, not by ndim: a stacked model's per-layer
+  norm scale is [L, D] (2-D) and is still a norm scale. Decayed: names in
+  `DECAYED_NAMES` (projection kernels, the embedding and an untied LM head);
+  not decayed: norm scales, biases and anything else.
+
+  Args:
+    params: a tree of arrays (a dict or an nnx.State of the model's Params).
+
+  Returns:
+    The same tree with a bool per leaf.
+  """
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: _param_name(path) in DECAYED_NAMES, params)
 
 
 def make_optimizer(*, lr: float, warmup_steps: int, total_steps: int,
@@ -64,7 +91,7 @@ def make_optimizer(*, lr: float, warmup_steps: int, total_steps: int,
                                     total_steps=total_steps, decay=decay,
                                     final_lr_fraction=final_lr_fraction)
   adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-                      mask=_decay_mask)
+                      mask=decay_mask)
   if grad_clip > 0:
     return optax.chain(optax.clip_by_global_norm(grad_clip), adamw)
   return adamw

@@ -7,8 +7,9 @@ gives the old log-probs, the entropies, the final hidden states DelTA needs and
 `update_step`: one optimizer step on a mini-batch. The loss denominator of the
 whole mini-batch is computed first (METHODS.md 1.3), each micro-batch adds
 `numerator_micro / denominator` and its gradient, so 1, 2 or 4 micro-batches
-and 1 or 8 devices give the same update. A non-finite loss or gradient norm
-skips the update (params and optimizer state unchanged) and reports it.
+and 1 or 8 devices give the same update. A non-finite loss, gradient norm,
+updated parameter or optimizer state skips the update (params and optimizer
+state unchanged) and reports it.
 
 Micro-batch m holds rows m, m + M, m + 2M, ... of the mini-batch: with the
 batch sharded over devices in contiguous blocks, every device then holds its
@@ -156,7 +157,8 @@ def update_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
 
   Returns:
     New params, new optimizer state, metrics (flat dict of scalars), with
-    `train/skipped` = 1 when the update was skipped for a non-finite value.
+    `train/skipped` = 1 when the update was skipped for a non-finite loss,
+    gradient norm, new parameter or new optimizer state.
   """
   c = loss_config
   mask = batch["response_mask"].astype(jnp.float32)
@@ -206,9 +208,12 @@ def update_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
   (grads, metrics), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics), micro)
 
   grad_norm = optax.tree.norm(grads)
-  finite = jnp.isfinite(metrics["policy/loss"]) & jnp.isfinite(grad_norm)
   updates, new_opt_state = optimizer.update(grads, opt_state, params)
   new_params = optax.apply_updates(params, updates)
+  # The update itself can overflow (a huge or non-finite learning rate) with
+  # a finite loss and gradient: the new state is checked too.
+  finite = (jnp.isfinite(metrics["policy/loss"]) & jnp.isfinite(grad_norm)
+            & all_finite((new_params, new_opt_state)))
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
   metrics["train/grad_norm"] = grad_norm
   metrics["train/skipped"] = 1.0 - finite.astype(jnp.float32)
@@ -229,6 +234,20 @@ def kl_cov_policy_loss(logp: Array, old_logp: Array, advantages: Array, mask: Ar
       eps_high=eps_high, dual_clip=dual_clip)
   diagnostics.pop("kl_cov_selected")
   return loss, diagnostics
+
+
+def all_finite(tree: Any) -> Array:
+  """Whether every floating-point element of `tree` is finite: one bool scalar.
+
+  Each leaf contributes the sum of `x * 0`, which is 0 for finite values and
+  NaN for any inf or NaN, so the whole check is one fused reduction per leaf
+  and a scalar sum, not a boolean tree.
+  """
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  if not leaves:
+    return jnp.asarray(True)
+  total = sum(jnp.sum(x.astype(jnp.float32) * 0.0) for x in leaves)
+  return jnp.isfinite(total)
 
 
 def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:

@@ -97,6 +97,42 @@ class Checkpointer:
     logging.info("restored step %d from %s", step, self.directory)
     return restored.params, restored.opt_state, restored.meta
 
+  def restore_latest_intact(self, params_target: Any, opt_state_target: Any
+                            ) -> tuple[int, Any, Any, dict[str, Any]] | None:
+    """Restores the newest step that reads back whole; None without checkpoints.
+
+    A step that fails to restore (a corrupted or truncated file) is logged
+    with a warning, moved to `<workdir>/checkpoints_corrupt/<step>` (kept for
+    inspection, out of the way of the step's re-save) and the next older
+    step is tried.
+
+    Returns:
+      (step, params, opt_state, meta), or None when no step exists.
+
+    Raises:
+      RuntimeError: there are steps but none restores.
+    """
+    steps = self.all_steps()
+    for step in reversed(steps):
+      try:
+        params, opt_state, meta = self.restore(step, params_target, opt_state_target)
+      except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds
+        aside = os.path.join(os.path.dirname(self.directory), "checkpoints_corrupt")
+        os.makedirs(aside, exist_ok=True)
+        os.rename(os.path.join(self.directory, str(step)), os.path.join(aside, str(step)))
+        self.manager.reload()
+        logging.warning("checkpoint step %d in %s does not restore (%s: %s); moved to %s, "
+                        "falling back to an older step", step, self.directory,
+                        type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "",
+                        aside)
+        continue
+      if step != steps[-1]:
+        logging.warning("resuming from step %d, the newest intact checkpoint", step)
+      return step, params, opt_state, meta
+    if steps:
+      raise RuntimeError(f"No checkpoint in {self.directory} restores (tried {steps}).")
+    return None
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
