@@ -164,4 +164,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.old_logp = "sampler"
   c.train.tensorboard = True  # Also write TensorBoard events.
   c.train.delta_report_steps = ()  # Steps that save a DelTA histogram/report.
+
+  # -- Reward channels and the reward-side methods (METHODS 6, issue 16). --
+  # A user reward function 'package.module:function' (signature in
+  # rlvr_jax/rewards/channels.py); '' = the built-in correct/format/overlong.
+  c.reward.fn = ""
+  c.reward.channel_weights = ""  # 'name=w,...': channel weights (GDPO's lambda).
+  c.reward.pow3r = False  # POW3R policy-aware criterion weights (METHODS 6.3).
+  c.reward.pow3r_a = 0.5  # POW3R pseudo-passes a.
+  c.reward.pow3r_b = 0.5  # POW3R pseudo-failures b.
+  c.reward.pow3r_alpha_min = 0.1  # POW3R multiplier floor.
+  c.reward.pow3r_alpha_max = 3.0  # POW3R multiplier ceiling.
+  c.reward.longtrace_eta = 0.0  # LongTraceRL entity-bonus weight eta (METHODS 6.4); 0 = off.
+  # CIRCA (METHODS 6.5): train on cluster-vote + self-certainty channels, no
+  # gold answers (evaluation still uses them).
+  c.reward.label_free = False
+  c.algo.kl_cov_ratio = 0.0  # KL-Cov fraction of penalized tokens (METHODS 6.6); 0 = off.
+  c.algo.kl_cov_beta = 1.0  # KL-Cov penalty coefficient beta.
+  # -- end of the reward-side methods.
   return c

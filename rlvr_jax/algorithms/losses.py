@@ -557,6 +557,7 @@ def policy_loss(
     ref_logp: jax.Array | None = None,
     kl_coef: float = 0.0,
     kl_estimator: str = "k3",
+    pg_loss_fn: PolicyLossFn | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """One micro-batch's share of the mini-batch loss, and additive metrics.
 
@@ -585,6 +586,9 @@ def policy_loss(
     kl_coef: KL weight, >= 0.
     kl_estimator: a key of `KL_ESTIMATORS`; `k3` is the straight-through form
       (value k3, gradient k2).
+    pg_loss_fn: a per-token policy loss with the signature of
+      `POLICY_LOSSES` values, used instead of `policy_loss` when given (the
+      trainer's KL-Cov loss, `kl_cov.kl_cov_loss` bound to its selection).
 
   Returns:
     (loss, metrics): the float32 scalar loss share, and a flat dict of float32
@@ -605,7 +609,7 @@ def policy_loss(
     raise ValueError(f"kl_coef={kl_coef} > 0 needs ref_logp.")
   mask = mask.astype(jnp.float32)
   aggregate = get_aggregation(loss_agg)
-  pg_loss, diagnostics = get_policy_loss(policy_loss)(
+  pg_loss, diagnostics = (pg_loss_fn or get_policy_loss(policy_loss))(
       logp, old_logp, advantages, mask,
       eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip,
   )

@@ -10,6 +10,7 @@
 - reasoning_gym only: `data.task` (dataset name), `data.task_kwargs` (dict of
   its config fields, over the task's defaults: `tasks.task_kwargs`),
   `data.train_size` (items in one training epoch).
+  `data.task='rubric'` is the rubric task instead (`_rubric_records`).
 - jsonl / parquet only: `data.path` (training file), `data.columns` (preset or
   mapping string, `files.py`), `data.eval_path` (held-out file of the same
   layout: its first `eval_size` usable rows; '' carves `eval_size` rows of
@@ -37,11 +38,15 @@ import ml_collections
 import numpy as np
 
 from rlvr_jax.data import files
+from rlvr_jax.data import rubric
 from rlvr_jax.data import tasks
 from rlvr_jax.data import tfds_builder
 
 Record = dict[str, Any]
 SOURCES = ("reasoning_gym", "jsonl", "parquet", "tfds")
+# `data.task` of the rubric task (with data.source='reasoning_gym', the
+# procedural source): prompts with checkable criteria, `data/rubric.py`.
+RUBRIC_TASK = "rubric"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +100,9 @@ def make_sources(data: ml_collections.ConfigDict) -> Sources:
   if data.eval_size < 0:
     raise ValueError(f"data.eval_size={data.eval_size}: must be >= 0")
   indices = None
-  if data.source == "reasoning_gym":
+  if data.source == "reasoning_gym" and data.task == RUBRIC_TASK:
+    base, held_out, indices = _rubric_records(data)
+  elif data.source == "reasoning_gym":
     kwargs = tasks.task_kwargs(data.task, dict(data.task_kwargs))
     held_out = tasks.held_out_records(
         data.task, task_kwargs=kwargs, seed=data.seed, size=data.eval_size
@@ -132,6 +139,29 @@ def make_sources(data: ml_collections.ConfigDict) -> Sources:
       held_out = [base[int(i)] for i in held]
   train = tasks.DropHeldOut(base, held_out=held_out, indices=indices)
   return Sources(train=train, eval=held_out)
+
+
+def _rubric_records(data: ml_collections.ConfigDict
+                    ) -> tuple[list[Record], list[Record], np.ndarray | None]:
+  """The rubric task (`data/rubric.py`): (train rows, held-out, train indices).
+
+  With `data.path`, prompts from that rubric JSONL file (`rubric.read_jsonl`)
+  and the held-out set from `data.eval_path` (its first `eval_size`) or carved
+  out by `data.seed`; otherwise `rubric.generate` with the split's generator
+  seed, `data.train_size` and `data.eval_size` prompts, at
+  `data.task_kwargs['difficulty']` (default 2).
+  """
+  if data.path:
+    base = [p.record() for p in rubric.read_jsonl(data.path)]
+    if data.eval_path:
+      eval_file = [p.record() for p in rubric.read_jsonl(data.eval_path)]
+      return base, _first(eval_file, data.eval_size, data.eval_path), None
+    indices, held = _carve(len(base), data.eval_size, data.seed)
+    return base, [base[i] for i in held], indices
+  difficulty = int(dict(data.task_kwargs).get("difficulty", 2))
+  make = lambda n, split: [p.record() for p in rubric.generate(
+      n, seed=tasks.generator_seed(data.seed, split), difficulty=difficulty)]
+  return make(data.train_size, "train"), make(data.eval_size, "eval"), None
 
 
 class PromptIterator:

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlvr_jax.algorithms import circa
 from rlvr_jax.models.decoder import Decoder, positions_from_mask
 
 Array = jax.Array
@@ -62,16 +63,21 @@ class TokenStats(NamedTuple):
       or None when not requested.
     hidden: [B, T, D] final hidden states fed to the LM head (the input of
       DelTA's token-gradient proxy), or None when not requested.
+    self_certainty: [B, T] float32 KL(U || pi) per token (CIRCA's
+      self-certainty, `algorithms.circa.token_self_certainty`; no gradient),
+      or None when not requested.
   """
 
   logp: Array
   entropy: Array | None
   hidden: Array | None
+  self_certainty: Array | None = None
 
 
 def logprobs_from_hidden(model: Decoder, hidden: Array, targets: Array, *,
                          temperature: float = 1.0, chunk_size: int | None = None,
-                         with_entropy: bool = False) -> tuple[Array, Array | None]:
+                         with_entropy: bool = False, with_self_certainty: bool = False
+                         ) -> tuple[Array, ...]:
   """log softmax(head(h) / temperature)[target] per token, chunked over T.
 
   Args:
@@ -81,9 +87,12 @@ def logprobs_from_hidden(model: Decoder, hidden: Array, targets: Array, *,
     temperature: divides the logits (the sampling temperature).
     chunk_size: tokens of T per LM-head chunk; None = all of T at once.
     with_entropy: also return the entropy per token (stop-gradient).
+    with_self_certainty: also return KL(U || pi) per token (stop-gradient;
+      CIRCA, METHODS.md 6.5): one more reduction over V of each chunk.
 
   Returns:
-    logp [B, T] float32 and entropy [B, T] float32 (or None).
+    logp [B, T] float32 and entropy [B, T] float32 (or None); with
+    `with_self_certainty`, a third entry: self-certainty [B, T] float32.
   """
   b, t, d = hidden.shape
   chunk = t if chunk_size is None else min(chunk_size, t)
@@ -100,27 +109,32 @@ def logprobs_from_hidden(model: Decoder, hidden: Array, targets: Array, *,
     logits = model.logits(h_c) / temperature
     logz = jax.nn.logsumexp(logits, axis=-1)
     logp = jnp.take_along_axis(logits, y_c[..., None], axis=-1)[..., 0] - logz
+    extra = ()
+    if with_self_certainty:
+      extra = (circa.token_self_certainty(logits),)
     if not with_entropy:
-      return logp, jnp.zeros_like(logp)
+      return (logp, jnp.zeros_like(logp)) + extra
     logits = jax.lax.stop_gradient(logits)
     probs = jax.nn.softmax(logits, axis=-1)
     entropy = jax.lax.stop_gradient(logz) - jnp.sum(probs * logits, axis=-1)
-    return logp, entropy
+    return (logp, entropy) + extra
 
   if n_chunks == 1:
-    logp, entropy = one_chunk((h[0], y[0]))
-    logp, entropy = logp[None], entropy[None]
+    outs = tuple(x[None] for x in one_chunk((h[0], y[0])))
   else:
-    logp, entropy = jax.lax.map(one_chunk, (h, y))
-  logp = logp.swapaxes(0, 1).reshape(b, n_chunks * chunk)[:, :t]
-  entropy = entropy.swapaxes(0, 1).reshape(b, n_chunks * chunk)[:, :t]
+    outs = jax.lax.map(one_chunk, (h, y))
+  outs = [x.swapaxes(0, 1).reshape(b, n_chunks * chunk)[:, :t] for x in outs]
+  logp, entropy = outs[0], outs[1]
+  if with_self_certainty:
+    return logp, (entropy if with_entropy else None), outs[2]
   return logp, (entropy if with_entropy else None)
 
 
 def response_logprobs(model: Decoder, tokens: Array, input_mask: Array, *,
                       prompt_len: int, temperature: float = 1.0,
                       chunk_size: int | None = None, with_entropy: bool = False,
-                      with_hidden: bool = False) -> TokenStats:
+                      with_hidden: bool = False,
+                      with_self_certainty: bool = False) -> TokenStats:
   """Teacher-forced statistics of the response part of [prompt; response] rows.
 
   Sequence index P - 1 + t predicts response token t (docs/CONVENTIONS.md).
@@ -135,9 +149,11 @@ def response_logprobs(model: Decoder, tokens: Array, input_mask: Array, *,
     chunk_size: LM-head chunk over T (see `logprobs_from_hidden`).
     with_entropy: also return per-token entropies.
     with_hidden: also return the final hidden states [B, T, D].
+    with_self_certainty: also return per-token self-certainty [B, T].
 
   Returns:
-    TokenStats with logp [B, T] (and entropy [B, T], hidden [B, T, D]).
+    TokenStats with logp [B, T] (and entropy [B, T], hidden [B, T, D],
+    self_certainty [B, T]).
 
   Raises:
     ValueError: mismatched shapes, prompt_len outside (0, S), or (for
@@ -154,7 +170,9 @@ def response_logprobs(model: Decoder, tokens: Array, input_mask: Array, *,
   positions = positions_from_mask(input_mask)
   hidden = model(tokens[:, :-1], positions[:, :-1], input_mask[:, :-1])
   hidden = hidden[:, prompt_len - 1:]
-  logp, entropy = logprobs_from_hidden(
+  out = logprobs_from_hidden(
       model, hidden, tokens[:, prompt_len:], temperature=temperature,
-      chunk_size=chunk_size, with_entropy=with_entropy)
-  return TokenStats(logp, entropy, hidden if with_hidden else None)
+      chunk_size=chunk_size, with_entropy=with_entropy,
+      with_self_certainty=with_self_certainty)
+  return TokenStats(out[0], out[1], hidden if with_hidden else None,
+                    out[2] if with_self_certainty else None)

@@ -175,6 +175,68 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail("reward.checker", c.reward.checker,
           f"scores reasoning-gym items only; --config.data.source={c.data.source!r} "
           "needs 'math_verify' (or 'exact', or 'auto').")
+  _validate_reward_methods(c)
+
+
+def _validate_reward_methods(c: ml_collections.ConfigDict) -> None:
+  """The flags of the reward channels and reward-side methods (METHODS.md 6)."""
+  from rlvr_jax.training import channel_credit  # pylint: disable=g-import-not-at-top
+  channel_credit.parse_channel_weights(c.reward.channel_weights)
+  if c.reward.fn:
+    from rlvr_jax.rewards import channels  # pylint: disable=g-import-not-at-top
+    channels.load_reward_fn(c.reward.fn)
+  rubric = c.data.task == data_iterator.RUBRIC_TASK and c.data.source == "reasoning_gym"
+  if c.algo.advantage == "scrl" and (c.reward.fn or c.reward.channel_weights or c.reward.pow3r
+                                     or c.reward.longtrace_eta or c.reward.label_free
+                                     or rubric):
+    _fail("algo.advantage", "scrl",
+          "SCRL has its own per-block reward; reward.fn, reward.channel_weights, "
+          "reward.pow3r, reward.longtrace_eta, reward.label_free and the rubric task "
+          "work with grpo, dr_grpo, rloo or gdpo.")
+  if not 0.0 <= c.reward.longtrace_eta <= 1.0:
+    _fail("reward.longtrace_eta", c.reward.longtrace_eta, "must be in [0, 1] (0 = off).")
+  if c.reward.pow3r_a <= 0 or c.reward.pow3r_b <= 0:
+    _fail("reward.pow3r_a", (c.reward.pow3r_a, c.reward.pow3r_b),
+          "pow3r_a and pow3r_b must be > 0.")
+  if not 0 < c.reward.pow3r_alpha_min <= c.reward.pow3r_alpha_max:
+    _fail("reward.pow3r_alpha_min", c.reward.pow3r_alpha_min,
+          f"need 0 < pow3r_alpha_min <= pow3r_alpha_max={c.reward.pow3r_alpha_max}.")
+  if c.reward.pow3r and c.reward.longtrace_eta > 0:
+    _fail("reward.pow3r", True, "choose POW3R or LongTraceRL (reward.longtrace_eta), not both.")
+  if c.reward.label_free and (c.reward.pow3r or c.reward.longtrace_eta > 0 or c.reward.fn
+                              or rubric):
+    _fail("reward.label_free", True,
+          "CIRCA's channels replace the reward: it does not combine with reward.pow3r, "
+          "reward.longtrace_eta, reward.fn or the rubric task.")
+  if c.reward.label_free and (c.rl.prompts_per_batch * c.rl.group_size) % c.rl.micro_batches:
+    _fail("rl.micro_batches", c.rl.micro_batches,
+          "reward.label_free runs the statistics pass on the whole rollout batch: must "
+          f"divide prompts_per_batch * group_size = {c.rl.prompts_per_batch * c.rl.group_size}.")
+  if c.reward.longtrace_eta > 0 and (rubric or c.reward.fn):
+    _fail("reward.longtrace_eta", c.reward.longtrace_eta,
+          "LongTraceRL gates on the built-in correctness with subproblem entities; not with "
+          "the rubric task or reward.fn.")
+  if c.algo.advantage == "gdpo" and (c.reward.pow3r or c.reward.longtrace_eta > 0 or rubric):
+    _fail("algo.advantage", "gdpo",
+          "POW3R, LongTraceRL and the rubric task derive one scalar reward per rollout; use "
+          "grpo (or dr_grpo, rloo).")
+  if rubric:
+    if c.reward.checker != "exact":
+      _fail("reward.checker", c.reward.checker,
+            "the rubric task is scored by its criteria; set it to 'exact' (no checker pool).")
+    if set(dict(c.data.task_kwargs)) - {"difficulty"}:
+      _fail("data.task_kwargs", dict(c.data.task_kwargs),
+            "the rubric task takes only {'difficulty': 1..5}.")
+    if not 1 <= int(dict(c.data.task_kwargs).get("difficulty", 2)) <= 5:
+      _fail("data.task_kwargs", dict(c.data.task_kwargs), "difficulty must be in 1..5.")
+  if not 0.0 <= c.algo.kl_cov_ratio <= 1.0:
+    _fail("algo.kl_cov_ratio", c.algo.kl_cov_ratio, "must be in [0, 1] (0 = off).")
+  if c.algo.kl_cov_beta < 0:
+    _fail("algo.kl_cov_beta", c.algo.kl_cov_beta, "must be >= 0.")
+  if c.algo.kl_cov_ratio > 0 and c.algo.policy_loss != "ppo_clip":
+    _fail("algo.policy_loss", c.algo.policy_loss,
+          "KL-Cov (algo.kl_cov_ratio > 0) replaces the loss of PPO-clip on its tokens; use "
+          "ppo_clip.")
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

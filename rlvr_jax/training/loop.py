@@ -35,6 +35,7 @@ import tqdm
 
 from rlvr_jax import checkpoints
 from rlvr_jax import sharding
+from rlvr_jax.algorithms import circa
 from rlvr_jax.algorithms import delta as delta_lib
 from rlvr_jax.data import iterator as data_iterator
 from rlvr_jax.data import prompts as prompts_lib
@@ -44,6 +45,7 @@ from rlvr_jax.models import loader
 from rlvr_jax.rewards import math_checker
 from rlvr_jax.rewards import scorers
 from rlvr_jax.sampling import sampler as sampler_lib
+from rlvr_jax.training import channel_credit
 from rlvr_jax.training import config_checks
 from rlvr_jax.training import credit as credit_lib
 from rlvr_jax.training import metrics as metrics_lib
@@ -115,6 +117,8 @@ class Trainer:
         format_weight=fmt, overlong_buffer=c.reward.overlong_buffer, pool=self.pool)
     self.reward_fn = make_reward(c.reward.format_weight)
     self.eval_reward_fn = make_reward(0.0)
+    if c.data.task == "rubric":  # Static criterion weights at evaluation (METHODS 6.3).
+      self.eval_reward_fn = channel_credit.RubricReward()
     self.credit = self._make_credit()
 
     # Sampler and the jitted steps.
@@ -157,7 +161,8 @@ class Trainer:
     self.needs_stats = (c.train.old_logp == "recompute" or c.algo.delta or c.algo.kl_coef > 0)
     self.stats_fn = step_lib.jit_rollout_stats(
         self.graphdef, prompt_len=self.prompt_len, num_micro=c.rl.micro_batches,
-        loss_config=self.loss_config, with_hidden=c.algo.delta)
+        loss_config=self.loss_config, with_hidden=c.algo.delta,
+        with_self_certainty=c.reward.label_free)
 
     self.checkpointer = checkpoints.Checkpointer(
         workdir, save_every=c.train.save_every, keep=c.train.keep,
@@ -171,9 +176,8 @@ class Trainer:
       from rlvr_jax.training import scrl_credit  # pylint: disable=g-import-not-at-top
       return scrl_credit.ScrlCredit(config=c, tokenizer=self.tokenizer, pool=self.pool,
                                     render_plain=self.render)
-    return credit_lib.OutcomeCredit(
-        estimator=c.algo.advantage, group_size=c.rl.group_size, render=self.render,
-        reward_fn=self.reward_fn, mask_truncated=c.reward.mask_truncated)
+    return channel_credit.ChannelCredit(config=c, render=self.render,
+                                        reward_fn=self.reward_fn, pool=self.pool)
 
   # -- evaluation ------------------------------------------------------------
 
@@ -210,9 +214,21 @@ class Trainer:
     t0 = time.perf_counter()
     response_mask = np.asarray(out.response_mask, np.float32)
     truncated = np.asarray([r == "length" for r in out.finish_reasons])
+    # -- reward channels from the statistics pass (CIRCA's self-certainty):
+    # the pass runs here, before the credit step, on the whole rollout batch.
+    early_stats, credit_kwargs = None, {}
+    if getattr(self.credit, "needs_self_certainty", False):
+      with sharding.use_mesh(self.mesh):
+        early_stats = self.stats_fn(self.params, self.rest, _global(self.mesh, {
+            "tokens": np.asarray(out.tokens, np.int32),
+            "input_mask": np.asarray(out.input_mask, bool)}), self.ref_params)
+        certainty = circa.sequence_self_certainty(
+            early_stats["self_certainty"], jnp.asarray(response_mask))
+      credit_kwargs["stats"] = {"self_certainty": _host(certainty)}
+    # -- end of the reward-channel statistics.
     adv, loss_mask, metrics = self.credit.advantages(
         examples, list(out.texts), np.asarray(out.tokens)[:, self.prompt_len:],
-        response_mask, truncated)
+        response_mask, truncated, **credit_kwargs)
     timings["time/reward_s"] = time.perf_counter() - t0
 
     batch = {
@@ -226,6 +242,9 @@ class Trainer:
       rows, valid, with_signal = credit_lib.select_groups(
           adv, loss_mask, group_size=c.rl.group_size, num_groups=c.rl.update_groups)
       batch = {k: v[rows] for k, v in batch.items()}
+      if early_stats is not None:  # The statistics of the selected rows.
+        with sharding.use_mesh(self.mesh):
+          early_stats = _global(self.mesh, {k: _host(v)[rows] for k, v in early_stats.items()})
       batch["response_mask"] = batch["response_mask"] * valid[:, None]
       metrics["rollout/groups_with_signal"] = float(with_signal)
       metrics["rollout/groups_updated"] = float(valid.sum() // c.rl.group_size)
@@ -233,7 +252,8 @@ class Trainer:
     with sharding.use_mesh(self.mesh):
       gbatch = _global(self.mesh, batch)
       if self.needs_stats:
-        stats = self.stats_fn(self.params, self.rest, gbatch, self.ref_params)
+        stats = (early_stats if early_stats is not None else
+                 self.stats_fn(self.params, self.rest, gbatch, self.ref_params))
         if c.train.old_logp == "recompute" or c.algo.delta:
           gbatch["old_logp"] = stats["old_logp"]
         if c.algo.kl_coef > 0:

@@ -19,6 +19,7 @@ share of every micro-batch, and no data moves between devices.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 from flax import nnx
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from rlvr_jax import sharding
+from rlvr_jax.algorithms import kl_cov
 from rlvr_jax.algorithms import losses
 from rlvr_jax.models import logprobs as logprobs_lib
 from rlvr_jax.training import metrics as metrics_lib
@@ -55,6 +57,10 @@ class LossConfig:
     kl_estimator: k1 | k2 | k3 (k3 = straight-through, see losses.py).
     temperature: sampling temperature; log-probs are taken at it.
     logprob_chunk: LM-head chunk over T (None = whole T).
+    kl_cov_ratio: KL-Cov's fraction of penalized tokens (METHODS.md 6.6;
+      0 = off). The selection is made once per mini-batch in `update_step`,
+      before the micro-batches, so it is batch-global.
+    kl_cov_beta: KL-Cov's penalty coefficient beta.
   """
 
   policy_loss: str = "ppo_clip"
@@ -67,6 +73,8 @@ class LossConfig:
   kl_estimator: str = "k3"
   temperature: float = 1.0
   logprob_chunk: int | None = None
+  kl_cov_ratio: float = 0.0
+  kl_cov_beta: float = 1.0
 
   @classmethod
   def from_config(cls, config: Any) -> LossConfig:
@@ -77,7 +85,8 @@ class LossConfig:
         dual_clip=c.algo.dual_clip or None, loss_agg=c.algo.loss_agg,
         max_response_len=c.rl.max_new_tokens, kl_coef=c.algo.kl_coef,
         kl_estimator=c.algo.kl_estimator, temperature=c.rl.temperature,
-        logprob_chunk=c.train.logprob_chunk or None)
+        logprob_chunk=c.train.logprob_chunk or None,
+        kl_cov_ratio=c.algo.kl_cov_ratio, kl_cov_beta=c.algo.kl_cov_beta)
 
 
 def split_micro_batches(batch: Batch, num_micro: int) -> Batch:
@@ -101,7 +110,8 @@ def merge_micro_batches(x: Array) -> Array:
 def rollout_stats(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
                   batch: Batch, *, prompt_len: int, num_micro: int,
                   loss_config: LossConfig, with_hidden: bool,
-                  ref_params: nnx.State | None = None) -> dict[str, Array]:
+                  ref_params: nnx.State | None = None,
+                  with_self_certainty: bool = False) -> dict[str, Array]:
   """Old log-probs (+ entropy, hidden states, reference log-probs), no grad.
 
   Args:
@@ -113,23 +123,27 @@ def rollout_stats(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
     loss_config: for the temperature and LM-head chunk.
     with_hidden: also return hidden [B, T, D] (DelTA's input).
     ref_params: reference policy params (same graphdef), or None.
+    with_self_certainty: also return CIRCA's per-token self-certainty (one
+      more reduction over V in each LM-head chunk; METHODS.md 6.5).
 
   Returns:
     {'old_logp' [B, T], 'entropy' [B, T], 'hidden' [B, T, D] if asked,
-     'ref_logp' [B, T] if ref_params}.
+     'ref_logp' [B, T] if ref_params, 'self_certainty' [B, T] if asked}.
   """
   micro = split_micro_batches({k: batch[k] for k in ("tokens", "input_mask")}, num_micro)
 
-  def stats(p, mb, hidden, entropy):
+  def stats(p, mb, hidden, entropy, certainty=False):
     model = nnx.merge(graphdef, p, rest)
     return logprobs_lib.response_logprobs(
         model, mb["tokens"], mb["input_mask"], prompt_len=prompt_len,
         temperature=loss_config.temperature, chunk_size=loss_config.logprob_chunk,
-        with_entropy=entropy, with_hidden=hidden)
+        with_entropy=entropy, with_hidden=hidden, with_self_certainty=certainty)
 
   def one(mb):
-    out = stats(params, mb, with_hidden, True)
+    out = stats(params, mb, with_hidden, True, with_self_certainty)
     result = {"old_logp": out.logp, "entropy": out.entropy}
+    if with_self_certainty:
+      result["self_certainty"] = out.self_certainty
     if with_hidden:
       result["hidden"] = out.hidden.astype(jnp.float32)
     if ref_params is not None:
@@ -168,6 +182,10 @@ def update_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
   denominator = losses.aggregation_denominator(
       mask, loss_agg=c.loss_agg, max_response_len=c.max_response_len)
   token_count = jnp.sum(mask)
+  # KL-Cov (METHODS.md 6.6): the batch-global top-k, once per mini-batch.
+  if c.kl_cov_ratio > 0:
+    batch = {**batch, "kl_cov_selection": kl_cov.kl_cov_selection(
+        batch["old_logp"], batch["advantages"], mask, ratio=c.kl_cov_ratio)}
   micro = split_micro_batches(batch, num_micro)
 
   def loss_fn(p, mb):
@@ -176,12 +194,20 @@ def update_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
         model, mb["tokens"], mb["input_mask"], prompt_len=prompt_len,
         temperature=c.temperature, chunk_size=c.logprob_chunk, with_entropy=True)
     m = mb["response_mask"].astype(jnp.float32)
+    pg_loss_fn = None
+    if "kl_cov_selection" in mb:
+      pg_loss_fn = functools.partial(kl_cov_policy_loss, selection=mb["kl_cov_selection"],
+                                     beta=c.kl_cov_beta)
     loss, metrics = losses.policy_loss(
         out.logp, mb["old_logp"], mb["advantages"], m,
         loss_denominator=denominator, token_count=token_count,
         policy_loss=c.policy_loss, eps_low=c.eps_low, eps_high=c.eps_high,
         dual_clip=c.dual_clip, loss_agg=c.loss_agg, max_response_len=c.max_response_len,
-        ref_logp=mb.get("ref_logp"), kl_coef=c.kl_coef, kl_estimator=c.kl_estimator)
+        ref_logp=mb.get("ref_logp"), kl_coef=c.kl_coef, kl_estimator=c.kl_estimator,
+        pg_loss_fn=pg_loss_fn)
+    if "kl_cov_selection" in mb:
+      metrics["policy/kl_cov_frac"] = jnp.sum(mb["kl_cov_selection"] * m) / jnp.maximum(
+          token_count, 1.0)
     metrics["policy/entropy"] = jnp.sum(out.entropy * m) / jnp.maximum(token_count, 1.0)
     return loss, metrics
 
@@ -209,6 +235,22 @@ def update_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
   metrics["train/grad_norm"] = grad_norm
   metrics["train/skipped"] = 1.0 - finite.astype(jnp.float32)
   return keep(new_params, params), keep(new_opt_state, opt_state), metrics
+
+
+def kl_cov_policy_loss(logp: Array, old_logp: Array, advantages: Array, mask: Array, *,
+                       selection: Array, beta: float, eps_low: float, eps_high: float,
+                       dual_clip: float | None) -> tuple[Array, dict[str, Array]]:
+  """`kl_cov.kl_cov_loss` as a `losses.POLICY_LOSSES` function (selection bound).
+
+  Its `kl_cov_selected` diagnostic is dropped (`update_step` logs the
+  penalized fraction as `policy/kl_cov_frac`), so the other diagnostics keep
+  their `policy/clipfrac_*` names.
+  """
+  loss, diagnostics = kl_cov.kl_cov_loss(
+      logp, old_logp, advantages, mask, selection, beta=beta, eps_low=eps_low,
+      eps_high=eps_high, dual_clip=dual_clip)
+  diagnostics.pop("kl_cov_selected")
+  return loss, diagnostics
 
 
 def all_finite(tree: Any) -> Array:
@@ -242,10 +284,12 @@ def jit_update_step(graphdef: nnx.GraphDef, *, optimizer: optax.GradientTransfor
 
 
 def jit_rollout_stats(graphdef: nnx.GraphDef, *, prompt_len: int, num_micro: int,
-                      loss_config: LossConfig, with_hidden: bool) -> Any:
+                      loss_config: LossConfig, with_hidden: bool,
+                      with_self_certainty: bool = False) -> Any:
   """`rollout_stats` jitted; call as fn(params, rest, batch, ref_params)."""
   def fn(params, rest, batch, ref_params):
     return rollout_stats(graphdef, params, rest, batch, prompt_len=prompt_len,
                          num_micro=num_micro, loss_config=loss_config,
-                         with_hidden=with_hidden, ref_params=ref_params)
+                         with_hidden=with_hidden, ref_params=ref_params,
+                         with_self_certainty=with_self_certainty)
   return jax.jit(fn)
