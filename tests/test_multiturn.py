@@ -1,4 +1,4 @@
-"""Multi-turn episodes (rlvr_jax.sampling.multiturn).
+"""Multi-turn episodes (rlvr_jax.envs.multiturn).
 
 The reference is written here: each episode played alone, every model token
 chosen by argmax over the decoder's full forward of the whole history (no
@@ -20,7 +20,7 @@ from rlvr_jax.models import loader
 from rlvr_jax.models import logprobs
 from rlvr_jax.models import tokenizer as tokenizer_lib
 from rlvr_jax.models.config import tiny
-from rlvr_jax.sampling import multiturn
+from rlvr_jax.envs import multiturn
 
 V = 64
 P, T, M = 12, 40, 6  # prompt width, episode width, tokens per model turn

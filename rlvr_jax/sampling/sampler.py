@@ -245,7 +245,7 @@ def _sample(logits: Array, key: Array, *, temperature: Array, top_p: Array,
   return tokens, z_token - z_max[:, 0] - jnp.log(total)
 
 
-# --- begin: token draws for other samplers (rlvr_jax.sampling.multiturn) ---
+# --- begin: token draws for other samplers (rlvr_jax.envs.multiturn) ---
 def draw(logits: Array, key: Array, *, temperature: Array, top_p: Array, greedy: bool,
          top_k: int, use_top_p: bool) -> tuple[Array, Array]:
   """`_sample` with its settings as arguments: tokens [B] and their log-probs [B].

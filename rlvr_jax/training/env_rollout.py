@@ -52,7 +52,7 @@ from rlvr_jax.envs import curriculum as curriculum_lib
 from rlvr_jax.envs import ecom
 from rlvr_jax.envs import reasoning_gym_env
 from rlvr_jax.evaluation import heldout
-from rlvr_jax.sampling import multiturn
+from rlvr_jax.envs import multiturn
 from rlvr_jax.sampling import sampler as sampler_lib
 from rlvr_jax.training import metrics as metrics_lib
 
