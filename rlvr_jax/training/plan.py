@@ -133,6 +133,7 @@ def loss_config(config: ml_collections.ConfigDict) -> step_lib.LossConfig:
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The trainer's AdamW for `config` (as loop.Trainer builds it)."""
   c = config
   return optimizer_lib.make_optimizer(
       lr=c.optim.lr, warmup_steps=c.optim.warmup_steps,
@@ -352,31 +353,74 @@ def _fmt(n: float) -> str:
   return f"{n / GiB:8.2f} GiB"
 
 
+def param_count(model: config_lib.ModelConfig) -> int:
+  """Parameters of `model` (from its abstract state; no memory)."""
+  abstract = nnx.eval_shape(lambda: decoder_lib.create_model(model))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+
+
 def suggest(report: ProgramReport, config: ml_collections.ConfigDict,
-            model: config_lib.ModelConfig, hbm: int) -> list[str]:
-  """Levers for a program that does not fit, from what dominates its bytes."""
+            model: config_lib.ModelConfig, hbm: int, mesh: dict[str, int]) -> list[str]:
+  """Levers for a program that does not fit, from what dominates its bytes.
+
+  Besides the compiler's numbers it estimates, per chip: the sampler's
+  compute-dtype copy of every layer's weights (gathered over fsdp, split over
+  tensor), its KV cache, and the float32 attention scores [rows, N, S, S] of
+  one micro-batch in one layer (the decoder's attention is not chunked).
+  """
   c = config
+  tensor = mesh["tensor"]
+  shards = mesh["data"] * mesh["fsdp"]
+  chips = shards * tensor
+  p, t = c.rl.max_prompt_len, c.rl.max_new_tokens
+  width = jnp.dtype(model.dtype).itemsize
+  kv_heads = model.num_kv_heads // tensor if model.num_kv_heads % tensor == 0 else \
+      model.num_kv_heads
+  heads = model.num_heads // tensor if model.num_heads % tensor == 0 else model.num_heads
+  rows = c.rl.prompts_per_batch * c.rl.group_size
+  mini = config_checks.update_rows(c) // c.rl.mini_batches
   levers = []
   resident = report.argument_bytes + report.output_bytes - report.alias_bytes
-  if resident > hbm // 2 and (c.mesh.fsdp != -1 or c.mesh.data not in (1,)):
+  if resident > hbm // 2 and (mesh["fsdp"] < chips // tensor):
     levers.append("more fsdp: --config.mesh.fsdp=-1 --config.mesh.data=1 (parameters and "
                   "optimizer state sharded over every chip)")
-  shape = report.largest_buffer[1]
-  vocab_sized = str(model.vocab_size) in shape
-  if report.temp_bytes > resident or not levers:
-    if vocab_sized and report.name in ("stats", "update"):
+  if report.temp_bytes <= resident and levers:
+    return levers
+  if report.name == "generate":
+    weights = param_count(model) * width / tensor
+    cache = (rows / shards * model.num_layers * 2 * kv_heads * (p + t) * model.head_dim
+             * width)
+    what = (f"the sampler's {model.dtype} copy of all layers' weights ~{_fmt(weights).strip()}"
+            f" per chip, its KV cache ~{_fmt(cache).strip()} per chip")
+    if weights >= cache:
+      levers.append(f"tensor parallelism: --config.mesh.tensor=4 --config.mesh.fsdp="
+                    f"{chips // 4} ({what}; fsdp does not split the gathered weights, "
+                    "tensor does)")
+    else:
+      levers.append(f"fewer rollouts per sampler call or more chips ({what})")
+  if report.name in ("stats", "update"):
+    if str(model.vocab_size) in report.largest_buffer[1] and not c.train.logprob_chunk:
       levers.append("logprob chunk: --config.train.logprob_chunk=512 (the [rows, T, V] "
                     "logits are the largest temporary)")
     if model.remat == "none" and report.name == "update":
       levers.append("remat: --config.model.remat=full (keep one [rows, S, D] per layer)")
-    if report.name in ("stats", "update"):
-      levers.append(f"micro-batches: --config.rl.micro_batches={2 * c.rl.micro_batches}")
-    if report.name == "generate":
-      levers.append("fewer rollouts per step (--config.rl.prompts_per_batch) or a larger "
-                    "slice: the KV cache [rows, K, P+T, Dh] per layer dominates")
-    if report.name == "delta":
-      levers.append("micro-batches do not shrink DelTA's [rows, T, D] float32 hidden "
-                    "states: more chips on the batch axes")
+    batch_rows = rows if report.name == "stats" else mini
+    per_chip = max(1, batch_rows // (c.rl.micro_batches * shards))
+    scores = per_chip * heads * (p + t) ** 2 * 4
+    one_row = batch_rows // shards
+    if per_chip > 1:
+      levers.append(
+          f"micro-batches: --config.rl.micro_batches={one_row} (one row per chip; the "
+          f"float32 attention scores [rows, N, S, S] of one layer are "
+          f"~{_fmt(scores).strip()} per chip at {per_chip} rows)")
+    else:
+      levers.append(f"at one row per chip per micro-batch the attention scores [N, S, S] "
+                    f"float32 are ~{_fmt(scores).strip()} per layer: shorter sequences, "
+                    "tensor parallelism over heads (--config.mesh.tensor) or a chunked "
+                    "(flash) attention")
+  if report.name == "delta":
+    levers.append("micro-batches do not shrink DelTA's [rows, T, D] float32 hidden "
+                  "states: more chips on the batch axes")
   return levers
 
 
@@ -394,7 +438,7 @@ def format_table(reports: Sequence[ProgramReport], *, hbm: int, title: str) -> s
 
 
 def explain(reports: Sequence[ProgramReport], config: ml_collections.ConfigDict,
-            model: config_lib.ModelConfig, hbm: int) -> str:
+            model: config_lib.ModelConfig, hbm: int, mesh: dict[str, int]) -> str:
   """For each program over HBM: its largest arrays and the levers to pull."""
   lines = []
   for r in reports:
@@ -408,7 +452,7 @@ def explain(reports: Sequence[ProgramReport], config: ml_collections.ConfigDict,
                  f"({_fmt(arg_bytes).strip()} per device){largest}.")
     if r.error:
       lines.append(f"  compiler: {r.error}")
-    lines.extend(f"  lever: {lever}" for lever in suggest(r, config, model, hbm))
+    lines.extend(f"  lever: {lever}" for lever in suggest(r, config, model, hbm, mesh))
   return "\n".join(lines)
 
 
@@ -446,7 +490,7 @@ def plan(config: ml_collections.ConfigDict, *, preset: str, topology: str,
            f"dtype={model.dtype} params={model.param_dtype} remat={model.remat} "
            f"micro={config.rl.micro_batches} delta={bool(config.algo.delta)}")
   text = format_table(reports, hbm=hbm, title=title)
-  why = explain(reports, config, model, hbm)
+  why = explain(reports, config, model, hbm, mesh)
   out = summary(reports, hbm=hbm)
   out.update(model=preset, topology=topology, chips=len(devices), mesh=mesh)
   return text + ("\n" + why if why else ""), out
