@@ -1,7 +1,5 @@
 """Models by name: 'org/name' loads from a Hugging Face cache the test builds."""
 
-import os
-
 import numpy as np
 import pytest
 
@@ -33,7 +31,7 @@ def offline_cache(tmp_path, monkeypatch):
   return tmp_path
 
 
-def test_is_hub_name(tmp_path):
+def test_is_hub_name(tmp_path, monkeypatch):
   assert hub.is_hub_name("Qwen/Qwen3-1.7B")
   assert hub.is_hub_name("meta-llama/Llama-3.1-8B")
   assert not hub.is_hub_name("random:tiny")
@@ -42,7 +40,7 @@ def test_is_hub_name(tmp_path):
   assert not hub.is_hub_name("/abs/dir/name")
   local = tmp_path / "org"
   (local / "name").mkdir(parents=True)
-  os.chdir(tmp_path)
+  monkeypatch.chdir(tmp_path)
   assert not hub.is_hub_name("org/name")  # an existing local directory wins
 
 
