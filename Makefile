@@ -4,6 +4,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The TPU planner's venv: the project venv's packages plus libtpu, kept apart
+# so that the CPU tests' JAX never loads libtpu (docs/planner.md).
+TPU_VENV ?= .venv-tpu
 WORKDIR ?= runs/default
 
 .PHONY: setup run test clean
@@ -20,9 +23,16 @@ $(VENV)/.installed: setup.py
 run: setup
 	$(PY) -m experiments.train --workdir=$(WORKDIR)
 
-test: setup
+$(TPU_VENV)/.installed: $(VENV)/.installed
+	$(PYTHON) -m venv $(TPU_VENV)
+	$(PY) -c "import site; print(site.getsitepackages()[0])" \
+	  > $$($(TPU_VENV)/bin/python -c "import site; print(site.getsitepackages()[0])")/_rlvr_main.pth
+	$(TPU_VENV)/bin/pip install --quiet "jax[tpu]==$$($(PY) -c 'import jax; print(jax.__version__)')"
+	touch $@
+
+test: setup $(TPU_VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf $(VENV) .cache runs
+	rm -rf $(VENV) $(TPU_VENV) .cache runs

@@ -284,7 +284,7 @@ def test_stats_pass_self_certainty_matches_full_logits():
   stats = step_lib.rollout_stats(graphdef, params, rest, batch, prompt_len=_P, num_micro=2,
                                  loss_config=cfg, with_hidden=False, with_self_certainty=True)
   positions = positions_from_mask(batch["input_mask"])
-  hidden, _ = model(batch["tokens"][:, :-1], positions[:, :-1], batch["input_mask"][:, :-1])
+  hidden = model(batch["tokens"][:, :-1], positions[:, :-1], batch["input_mask"][:, :-1])
   z = np.asarray(model.logits(hidden[:, _P - 1:]), np.float64) / 0.7
   logz = np.log(np.sum(np.exp(z - z.max(-1, keepdims=True)), -1)) + z.max(-1)
   want = logz - z.mean(-1) - np.log(_CFG.vocab_size)

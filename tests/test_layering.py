@@ -20,7 +20,7 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Bottom to top; a module may import its own layer and the layers below.
 # Keep in step with docs/CONVENTIONS.md.
 LAYERS = (
-    ("foundation", ("rlvr_jax.sharding", "rlvr_jax.checkpoints")),
+    ("foundation", ("rlvr_jax.sharding", "rlvr_jax.checkpoints", "rlvr_jax.storage")),
     ("pure core", ("rlvr_jax.algorithms", "rlvr_jax.rewards")),
     ("models", ("rlvr_jax.models",)),
     ("sampling", ("rlvr_jax.sampling",)),

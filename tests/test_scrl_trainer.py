@@ -25,8 +25,7 @@ def tokenizer():
 
 
 def _config(k):
-  c = tiny.get_config()
-  c.algo.advantage = "scrl"
+  c = tiny.get_config("scrl")
   c.algo.scrl_k = k
   c.reward.checker = "exact"
   c.reward.format_weight = 0.2
@@ -205,8 +204,7 @@ def test_tiny_scrl_run_logs_finite_metrics(tmp_path):
 
   Not under strict_rank: the model code broadcasts norm scales.
   """
-  c = tiny.get_config()
-  c.algo.advantage = "scrl"
+  c = tiny.get_config("scrl")
   c.data.task = "chain_sum"
   c.data.task_kwargs = {"min_terms": 3, "max_terms": 4, "min_digits": 1,
                         "max_digits": 1}

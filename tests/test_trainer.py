@@ -29,6 +29,15 @@ def _config(steps, **train):
   return c
 
 
+def test_smoke_reward_by_hand():
+  examples = [{"answer": "12"}] * 3
+  texts = ["so \\boxed{12}", "a1 b2", "   "]
+  # Row 0: box matches; non-space chars "so\boxed{12}" = 12, letters s,o,b,o,x,e,d = 7.
+  # Row 1: "a1b2" -> 2 letters of 4. Row 2: no non-space character -> 0.
+  assert tiny.smoke_reward(examples, texts) == {
+      "correct": [1.0, 0.0, 0.0], "letters": [7 / 12, 0.5, 0.0]}
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
   """One 10-step tiny run with a dense window of 8 (shared by the tests)."""
@@ -48,6 +57,10 @@ def test_tiny_run_writes_every_output(run_dir):
   for r in train_rows:
     assert np.isfinite(r["policy/loss"]) and r["train/skipped"] == 0.0
     assert 0.0 <= r["reward/accuracy"] <= 1.0
+    # The smoke reward's letters channel differs between random responses,
+    # so every step takes a real update (the verifier alone gives 0 here).
+    assert 0.0 < r["reward/channel/letters"] < 1.0
+    assert r["train/grad_norm"] > 0.0
   assert os.path.getsize(os.path.join(workdir, "reward_curve.png")) > 1000
   for name, key in (("eval_before.json", "accuracy_before"), ("eval_after.json", "accuracy_after")):
     evaluation = json.load(open(os.path.join(workdir, name)))
@@ -139,9 +152,12 @@ def test_update_groups_must_split_into_micro_batches():
 
 
 def test_update_groups_run_skips_groups_without_signal(tmp_path):
-  """The random tiny model never answers right: no group has a signal, so
-  the update sees only masked filler rows and leaves the policy loss at 0."""
+  """The random tiny model never answers right: with the verifier's reward
+  alone no group has a signal, so the update sees only masked filler rows
+  and leaves the policy loss at 0."""
   c = _config(2, eval_before=False, eval_after=False)
+  c.reward.fn = ""  # The verifier alone (tiny.py's smoke channel has a signal).
+  c.reward.channel_weights = ""
   c.rl.update_groups = 2
   c.rl.mini_batches = 1  # 8 rows over the 8 test devices
   loop.train_and_evaluate(c, str(tmp_path))
@@ -190,7 +206,8 @@ def test_preflight_catches_start_up_errors_before_the_model_loads():
   assert checked.config.data.task_kwargs["max_terms"] == 2  # basic_arithmetic's table
   assert 0 < checked.longest_prompt <= c.rl.max_prompt_len
   # SCRL's curriculum prompts are longer than the plain ones.
-  c.algo.advantage = "scrl"
+  c = tiny.get_config("scrl")
+  c.data.eval_size = 8
   c.rl.max_prompt_len = checked.longest_prompt
   with pytest.raises(ValueError, match=r"--config\.rl\.max_prompt_len=\d+: a rendered prompt"):
     config_checks.preflight(c)

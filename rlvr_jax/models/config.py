@@ -192,6 +192,60 @@ def llama3_2_1b() -> ModelConfig:
       eos_token_ids=(128001, 128008, 128009), pad_token_id=128001)
 
 
+def qwen3_1_7b() -> ModelConfig:
+  """Qwen/Qwen3-1.7B-Base config.json (Qwen3ForCausalLM: q/k norm, tied)."""
+  return ModelConfig(
+      vocab_size=151936, hidden_size=2048, intermediate_size=6144,
+      num_layers=28, num_heads=16, num_kv_heads=8, head_dim=128,
+      rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+      qk_norm=True, max_position_embeddings=32768,
+      eos_token_ids=(151643,), pad_token_id=151643)
+
+
+def qwen2_5_1_5b() -> ModelConfig:
+  """Qwen/Qwen2.5-1.5B config.json (Qwen2ForCausalLM: qkv bias, tied head)."""
+  return ModelConfig(
+      vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+      num_layers=28, num_heads=12, num_kv_heads=2, head_dim=128,
+      rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+      qkv_bias=True, max_position_embeddings=131072,
+      eos_token_ids=(151643,), pad_token_id=151643)
+
+
+def qwen2_5_7b() -> ModelConfig:
+  """Qwen/Qwen2.5-7B config.json (Qwen2ForCausalLM: qkv bias, untied head)."""
+  return ModelConfig(
+      vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+      num_layers=28, num_heads=28, num_kv_heads=4, head_dim=128,
+      rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+      qkv_bias=True, max_position_embeddings=131072,
+      eos_token_ids=(151643,), pad_token_id=151643)
+
+
+def llama3_2_3b() -> ModelConfig:
+  """meta-llama/Llama-3.2-3B config.json (llama3 RoPE scaling, factor 32)."""
+  return ModelConfig(
+      vocab_size=128256, hidden_size=3072, intermediate_size=8192,
+      num_layers=28, num_heads=24, num_kv_heads=8, head_dim=128,
+      rope_theta=500000.0,
+      rope_scaling=RopeScaling("llama3", 32.0, 1.0, 4.0, 8192),
+      rms_norm_eps=1e-5, tie_word_embeddings=True,
+      max_position_embeddings=131072, bos_token_id=128000,
+      eos_token_ids=(128001, 128008, 128009), pad_token_id=128001)
+
+
+def llama3_1_8b() -> ModelConfig:
+  """meta-llama/Llama-3.1-8B config.json (llama3 RoPE scaling, factor 8, untied)."""
+  return ModelConfig(
+      vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+      num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128,
+      rope_theta=500000.0,
+      rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 8192),
+      rms_norm_eps=1e-5, tie_word_embeddings=False,
+      max_position_embeddings=131072, bos_token_id=128000,
+      eos_token_ids=(128001, 128008, 128009), pad_token_id=128001)
+
+
 def tiny(vocab_size: int = 49152) -> ModelConfig:
   """A 4-layer width-256 model for tests and CPU smoke runs (random init).
 
@@ -216,6 +270,11 @@ PRESETS = {
     "qwen3_8b": qwen3_8b,
     "llama3_2_1b": llama3_2_1b,
     "tiny": tiny,
+    "qwen3_1_7b": qwen3_1_7b,
+    "qwen2_5_1_5b": qwen2_5_1_5b,
+    "qwen2_5_7b": qwen2_5_7b,
+    "llama3_2_3b": llama3_2_3b,
+    "llama3_1_8b": llama3_1_8b,
 }
 
 

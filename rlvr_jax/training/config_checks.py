@@ -284,8 +284,8 @@ def model_config_and_tokenizer_path(source: str) -> tuple[Any, str]:
   """The model's config (without its weights) and where its tokenizer is.
 
   Args:
-    source: `model.source`: an HF directory, a .gguf path, 'smollm2' or
-      'random:<preset>'.
+    source: `model.source`: an HF directory, a .gguf path, 'smollm2',
+      'random:<preset>' or a Hugging Face hub name 'org/name' (`models/hub.py`).
 
   Returns:
     (ModelConfig, tokenizer path).
@@ -294,12 +294,15 @@ def model_config_and_tokenizer_path(source: str) -> tuple[Any, str]:
     ValueError: an unknown source, naming `--config.model.source`.
   """
   from rlvr_jax.models import config as config_lib  # pylint: disable=g-import-not-at-top
+  from rlvr_jax.models import hub  # pylint: disable=g-import-not-at-top
   from rlvr_jax.models import loader  # pylint: disable=g-import-not-at-top
   from rlvr_jax.models import weights  # pylint: disable=g-import-not-at-top
   try:
     if source.startswith("random:"):
       return config_lib.get_preset(source[len("random:"):]), loader.default_gguf_path()
     path = loader.default_gguf_path() if source == "smollm2" else source
+    if hub.is_hub_name(path):
+      path = hub.snapshot_dir(path)
     if path.endswith(".gguf") and os.path.isfile(path):
       import gguf  # pylint: disable=g-import-not-at-top
       from rlvr_jax.models import gguf_import  # pylint: disable=g-import-not-at-top

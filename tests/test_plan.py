@@ -1,0 +1,111 @@
+"""The TPU planner (experiments/plan.py) compiles the trainer's programs.
+
+It runs in a subprocess with the interpreter of `.venv-tpu` (the project's
+venv + libtpu, `make .venv-tpu`), so the CPU tests' JAX never loads libtpu.
+Skipped only when that venv does not exist.
+"""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from rlvr_jax.models import config as config_lib
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TPU_PYTHON = os.path.join(_ROOT, ".venv-tpu", "bin", "python")
+_GIB = 1024 ** 3
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(_TPU_PYTHON),
+    reason=f"{_TPU_PYTHON} missing (make .venv-tpu installs libtpu there)")
+
+
+def _plan(*flags: str) -> dict:
+  """Runs the planner; returns its last stdout line (the JSON summary)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=_ROOT)
+  proc = subprocess.run([_TPU_PYTHON, "-m", "experiments.plan", *flags], cwd=_ROOT,
+                        env=env, capture_output=True, text=True, timeout=900, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# tiny preset (V=49152, D=256, F=512, L=4, N=4, K=2, Dh=64, tied) on v5e:2x2:
+# 4 chips, mesh data=1 fsdp=4 tensor=1; 4 prompts x 8 = 32 rows, 8 per chip;
+# P = T = 128, S = 256.
+_TINY = ("--model=tiny", "--topology=v5e:2x2", "--config.rl.prompts_per_batch=4",
+         "--config.rl.group_size=8", "--config.rl.max_prompt_len=128",
+         "--config.rl.max_new_tokens=128", "--config.rl.micro_batches=2",
+         "--config.train.logprob_chunk=64")
+
+
+@pytest.fixture(scope="module")
+def tiny_plan() -> dict:
+  return _plan(*_TINY)
+
+
+def test_tiny_programs_compile_and_fit(tiny_plan):
+  assert tiny_plan["fits"] is True
+  assert tiny_plan["hbm_bytes"] == 16 * _GIB  # v5e: 16 GiB per chip
+  assert tiny_plan["chips"] == 4
+  assert tiny_plan["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+  assert set(tiny_plan["programs"]) == {"generate", "stats", "delta", "update"}
+  for program in tiny_plan["programs"].values():
+    assert 0 < program["bytes_per_device"] < 16 * _GIB
+    assert program["flops"] > 0
+
+
+def test_tiny_argument_bytes_are_the_sharded_sizes(tiny_plan):
+  # Parameters (float32) per chip: the embed dim D=256 is split over fsdp=4
+  # (64 per chip); vocab/heads/mlp go to tensor=1 (not split); layers stacked.
+  embed = 49152 * 64 * 4  # [V, D/4] = 12,582,912
+  per_layer = (64 * 4 * 64  # q [D/4, N, Dh]
+               + 2 * 64 * 2 * 64  # k, v [D/4, K, Dh]
+               + 4 * 64 * 64  # o [N, Dh, D/4]
+               + 2 * 64 * 512  # gate, up [D/4, F]
+               + 512 * 64  # down [F, D/4]
+               + 2 * 64)  # attn_norm, mlp_norm [D/4]
+  params = embed + 4 * per_layer * 4 + 64 * 4  # + final_norm [D/4]
+  assert params == 14_944_512
+  rest = 4 * 32 * 4  # RoPE inverse frequencies [L, Dh/2] float32, replicated
+  rows = 8  # 32 rows / 4 chips
+  tokens, input_mask = rows * 256 * 4, rows * 256 * 1  # [8, S] int32, bool
+  per_token = rows * 128 * 4  # one [8, T] float32 array
+  adam = 2 * params + 2 * 4  # mu, nu like the params; adam and schedule counts int32
+  # generate: U = 4 distinct prompts (1 per chip) [1, P] int32 + bool,
+  # source int32 [8], row_valid bool [8], key uint32[2], temperature, top_p.
+  generate = params + rest + 128 * 4 + 128 + rows * 4 + rows + 8 + 4 + 4
+  expected = {
+      "generate": generate,
+      "stats": params + rest + tokens + input_mask,
+      "delta": rows * 128 * 256 * 4 + 3 * per_token,  # hidden [8, T, D] + 3 x [8, T]
+      "update": params + rest + adam + tokens + input_mask + 3 * per_token,
+  }
+  programs = tiny_plan["programs"]
+  for name, value in expected.items():
+    assert programs[name]["sharded_argument_bytes"] == value, name
+    # XLA's count pads the last two dims of small arrays to TPU tiles.
+    assert programs[name]["argument_bytes"] >= value, name
+  # DelTA's inputs are tile-aligned ([8, 128] float32 tiles): no padding.
+  assert programs["delta"]["argument_bytes"] == expected["delta"]
+
+
+def test_8b_without_fsdp_does_not_fit_and_names_the_largest_array():
+  model = config_lib.get_preset("qwen3_8b")
+  out = _plan("--model=qwen3_8b", "--topology=v5e:2x2", "--programs=update",
+              "--config.mesh.data=-1", "--config.mesh.fsdp=1",
+              "--config.rl.prompts_per_batch=4", "--config.rl.group_size=1",
+              "--config.rl.max_prompt_len=128", "--config.rl.max_new_tokens=128",
+              "--config.rl.micro_batches=1")
+  assert out["fits"] is False
+  update = out["programs"]["update"]
+  assert update["bytes_per_device"] > 16 * _GIB
+  # Replicated float32 params + Adam moments: >= 3 x 4 bytes x 8.19e9 params.
+  assert update["argument_bytes"] >= 3 * 4 * 8_000_000_000
+  # Every array is whole on every chip; the largest is a stacked MLP kernel,
+  # gate/up [L, D, F] or down [L, F, D] (or an Adam moment of one):
+  # 36 * 4096 * 12288 * 4 bytes = 6.75 GiB.
+  l, d, f = model.num_layers, model.hidden_size, model.intermediate_size
+  assert (f"[{l}, {d}, {f}]" in update["largest_argument"]
+          or f"[{l}, {f}, {d}]" in update["largest_argument"]), update["largest_argument"]
