@@ -269,7 +269,11 @@ class DistillCredit:
   # -- horizons (METHODS.md 7.2) ------------------------------------------------
 
   def sampler(self, step: int, full: Any) -> Any:
-    """The rollout sampler of `step`: `full` at the full horizon, else one of T = H."""
+    """The rollout sampler of `step`: `full` at the full horizon, else one of T = H.
+
+    A horizon's sampler is `full`'s (model, prompt width, mesh, EOS ids) with
+    max_new_tokens = H, built once per H value and cached.
+    """
     from rlvr_jax.sampling import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
     h = horizon_of(self.config, step)
     if h == full.max_new_tokens:
@@ -277,7 +281,7 @@ class DistillCredit:
     if h not in self._samplers:
       self._samplers[h] = sampler_lib.Sampler(
           full.model, full.tokenizer, max_prompt_len=full.max_prompt_len, max_new_tokens=h,
-          mesh=full.mesh)
+          mesh=full.mesh, prompt_bucket=full.prompt_bucket, eos_token_ids=full.eos_token_ids)
     return self._samplers[h]
 
   # -- the credit step ------------------------------------------------------------
