@@ -11,7 +11,8 @@ rows ignore EOS and run to the horizon (--eos to let them stop), so the full
 horizon really costs 256 tokens, as the long reasoning rollouts TOPD is meant
 for do; the default task's answers end after ~20 tokens. After one warm-up
 (compiling) iteration each, the two alternate; the median of the timed ones
-is reported.
+is reported. In the table, reward_s includes the statistics pass and the
+teacher's forward (they run before the credit step; old_stats_s is then 0).
 
   python -m benchmarks.distill_step            # table, then {"full_s", "topd_s", "ratio"}
   python -m benchmarks.distill_step --iterations=3 --eos

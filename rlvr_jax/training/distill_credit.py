@@ -27,8 +27,9 @@ passes its outputs with the rollout tokens as `stats`:
   future-credit advantages (`distill.future_credit_advantages`, weight
   `--config.distill.future_coef`), and the update adds the CE itself as a
   loss term (`distil_loss_term`, weight `--config.distill.ce_coef`) with the
-  policy loss's aggregation. The teacher ids and probabilities [B, T, k] go
-  into the update batch (`update_inputs`).
+  policy loss's aggregation. Teacher and student logits are both taken at
+  temperature 1 (the CE compares the models, not the sampler). The teacher ids
+  and probabilities [B, T, k] go into the update batch (`update_inputs`).
 - Horizons (7.2, `--config.distill.horizon=full|topd|popd`, with
   `distill.rho`, `distill.popd_h0`, `distill.popd_dh`, `distill.popd_dk`):
   `sampler(step)` returns a Sampler whose T is the step's horizon H (one per
