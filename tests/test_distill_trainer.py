@@ -321,3 +321,15 @@ def test_distill_config_tiny_runs(module, arg, steps, horizons, tmp_path):
     assert abs(train[0]["distill/log_ratio"]) > 1e-4
   if horizons[0] < 8:  # Every row cut at the horizon, and all of them in the loss.
     assert train[0]["response/truncated_frac"] == 1.0
+  if arg == "tiny" and module is opd_config:
+    # The finished run as a teacher: its latest step, with the run's model config.
+    tokenizer = loader.load_source_tokenizer("smollm2")
+    teacher = teacher_lib.load_teacher(str(tmp_path), student_tokenizer=tokenizer,
+                                       student_source="random:tiny", dtype="float32",
+                                       param_dtype="float32", mesh=None)
+    assert teacher.description == f"{tmp_path}@step1"
+    base, _, _ = loader.load_model("random:tiny")
+    trained = jax.tree.leaves(nnx.to_pure_dict(teacher.params))
+    fresh = jax.tree.leaves(nnx.to_pure_dict(nnx.state(base, nnx.Param)))
+    assert max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+               for a, b in zip(trained, fresh)) > 1e-4  # the trained step, not the source
