@@ -30,7 +30,6 @@ import jax
 
 from rlvr_jax.training import step as step_lib
 
-Array = jax.Array
 
 DEFAULT_RUN_HINT = (
     "the OPD configs' teacher is a checkpoint of the default GRPO run: train it first "
