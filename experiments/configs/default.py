@@ -106,7 +106,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rl.seed = 0  # Sampling / init seed.
 
   c.algo = ml_collections.ConfigDict()
-  c.algo.advantage = "grpo"  # grpo | dr_grpo | rloo | scrl (METHODS 1.1, 3).
+  c.algo.advantage = "grpo"  # grpo | dr_grpo | rloo | scrl | opd | distil (METHODS 1.1, 3, 7).
   c.algo.policy_loss = "ppo_clip"  # ppo_clip | gspo | gspo_token (METHODS 1.2).
   c.algo.eps_low = 0.2  # epsilon_low: lower clip width.
   c.algo.eps_high = 0.28  # epsilon_high: upper clip width (DAPO clip-higher).
@@ -182,4 +182,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.algo.kl_cov_ratio = 0.0  # KL-Cov fraction of penalized tokens (METHODS 6.6); 0 = off.
   c.algo.kl_cov_beta = 1.0  # KL-Cov penalty coefficient beta.
   # -- end of the reward-side methods.
+
+  # -- On-policy distillation (METHODS 7, issue 17): --config.algo.advantage=
+  # opd (teacher log-ratio advantages) or distil (DistIL); rlvr_jax/training/
+  # distill_credit.py documents every flag. Both need train.old_logp=recompute.
+  c.distill = ml_collections.ConfigDict()
+  # OPD's teacher: a trainer run folder (its latest step), an HF folder, a
+  # .gguf, 'smollm2' or 'random:<preset>'; its tokenizer must be the policy's.
+  c.distill.teacher = ""
+  c.distill.horizon = "full"  # full | topd | popd: rollout horizon (METHODS 7.2).
+  c.distill.rho = 0.1  # TOPD: H = ceil(rho * rl.max_new_tokens).
+  c.distill.popd_h0 = 8  # POPD: first horizon H_0.
+  c.distill.popd_dh = 8  # POPD: tokens added per stage dH.
+  c.distill.popd_dk = 4  # POPD: steps per stage dk.
+  c.distill.opd_coef = 1.0  # OPD: weight of the teacher/student log-ratio.
+  c.distill.outcome_coef = 0.0  # Weight of the outcome advantage (0 = no verifier).
+  c.distill.outcome_estimator = "grpo"  # grpo | dr_grpo | rloo: the outcome advantage.
+  c.distill.feedback_template = "verdict_answer"  # DistIL: data/feedback.py FEEDBACK_TEMPLATES.
+  c.distill.max_teacher_prompt_len = 128  # DistIL: P' of the feedback-conditioned prompt.
+  c.distill.topk = 20  # DistIL: teacher tokens kept for the forward cross-entropy.
+  c.distill.ce_coef = 1.0  # DistIL: weight of the top-k cross-entropy loss term.
+  c.distill.future_coef = 1.0  # DistIL: weight of the future-credit advantages.
+  # -- end of on-policy distillation.
   return c

@@ -36,7 +36,7 @@ from rlvr_jax.training import optimizer
 # Each flag's choices, from the module that owns them (config_checks only adds
 # the choices it resolves itself: 'scrl', checker 'auto').
 _CHOICES = {
-    "algo.advantage": tuple(advantages.ESTIMATORS) + ("scrl",),
+    "algo.advantage": tuple(advantages.ESTIMATORS) + ("scrl", "opd", "distil"),
     "algo.policy_loss": tuple(losses.POLICY_LOSSES),
     "algo.loss_agg": tuple(losses.AGGREGATIONS),
     "algo.kl_estimator": tuple(losses.KL_ESTIMATORS),
@@ -176,6 +176,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f"scores reasoning-gym items only; --config.data.source={c.data.source!r} "
           "needs 'math_verify' (or 'exact', or 'auto').")
   _validate_reward_methods(c)
+  # On-policy distillation (METHODS.md 7): its flags are checked by its module.
+  from rlvr_jax.training import distill_credit  # pylint: disable=g-import-not-at-top
+  distill_credit.validate(c)
 
 
 def _validate_reward_methods(c: ml_collections.ConfigDict) -> None:

@@ -161,7 +161,7 @@ class Trainer:
     self.needs_stats = (c.train.old_logp == "recompute" or c.algo.delta or c.algo.kl_coef > 0)
     self.stats_fn = step_lib.jit_rollout_stats(
         self.graphdef, prompt_len=self.prompt_len, num_micro=c.rl.micro_batches,
-        loss_config=self.loss_config, with_hidden=c.algo.delta,
+        loss_config=self.loss_config, with_hidden=c.algo.delta or c.algo.advantage == "distil",
         with_self_certainty=c.reward.label_free)
 
     self.checkpointer = checkpoints.Checkpointer(
@@ -176,6 +176,14 @@ class Trainer:
       from rlvr_jax.training import scrl_credit  # pylint: disable=g-import-not-at-top
       return scrl_credit.ScrlCredit(config=c, tokenizer=self.tokenizer, pool=self.pool,
                                     render_plain=self.render)
+    if c.algo.advantage in ("opd", "distil"):  # On-policy distillation (METHODS.md 7).
+      from rlvr_jax.training import distill_credit  # pylint: disable=g-import-not-at-top
+      shots = []
+      if c.data.few_shot:
+        shots = prompts_lib.draw_examples(self.sources.train, k=c.data.few_shot,
+                                          seed=c.data.seed)
+      return distill_credit.DistillCredit(config=c, trainer=self, render=self.render,
+                                          reward_fn=self.reward_fn, few_shot_examples=shots)
     return channel_credit.ChannelCredit(config=c, render=self.render,
                                         reward_fn=self.reward_fn, pool=self.pool)
 
@@ -206,7 +214,10 @@ class Trainer:
     t0 = time.perf_counter()
     records = next(self.iterator)
     texts, examples = self.credit.prompts(records)
-    out = self.sampler.generate(
+    sampler = self.sampler
+    if hasattr(self.credit, "sampler"):  # Distillation horizons (METHODS.md 7.2).
+      sampler = self.credit.sampler(step, self.sampler)
+    out = sampler.generate(
         texts, key=jax.random.fold_in(self.key, step), temperature=c.rl.temperature,
         top_p=c.rl.top_p, top_k=c.rl.top_k, stop_strings=tuple(c.rl.stop_strings))
     timings["time/rollout_s"] = time.perf_counter() - t0
@@ -217,14 +228,22 @@ class Trainer:
     # -- reward channels from the statistics pass (CIRCA's self-certainty):
     # the pass runs here, before the credit step, on the whole rollout batch.
     early_stats, credit_kwargs = None, {}
-    if getattr(self.credit, "needs_self_certainty", False):
+    # Distillation (METHODS.md 7) takes the old log-probs (and DistIL the
+    # hidden states) from the same pass, with the rollout rows.
+    needs_old_stats = getattr(self.credit, "needs_old_stats", False)
+    if getattr(self.credit, "needs_self_certainty", False) or needs_old_stats:
       with sharding.use_mesh(self.mesh):
         early_stats = self.stats_fn(self.params, self.rest, _global(self.mesh, {
             "tokens": np.asarray(out.tokens, np.int32),
             "input_mask": np.asarray(out.input_mask, bool)}), self.ref_params)
+    if getattr(self.credit, "needs_self_certainty", False):
+      with sharding.use_mesh(self.mesh):
         certainty = circa.sequence_self_certainty(
             early_stats["self_certainty"], jnp.asarray(response_mask))
       credit_kwargs["stats"] = {"self_certainty": _host(certainty)}
+    if needs_old_stats:
+      credit_kwargs["stats"] = {**early_stats, "tokens": out.tokens,
+                                "input_mask": out.input_mask}
     # -- end of the reward-channel statistics.
     adv, loss_mask, metrics = self.credit.advantages(
         examples, list(out.texts), np.asarray(out.tokens)[:, self.prompt_len:],
@@ -238,6 +257,8 @@ class Trainer:
         "old_logp": np.asarray(out.logp, np.float32),
         "advantages": adv,
     }
+    if hasattr(self.credit, "update_inputs"):  # DistIL's teacher top k (METHODS.md 7.3).
+      batch.update(self.credit.update_inputs())
     if c.rl.update_groups:
       rows, valid, with_signal = credit_lib.select_groups(
           adv, loss_mask, group_size=c.rl.group_size, num_groups=c.rl.update_groups)

@@ -61,6 +61,9 @@ class LossConfig:
       0 = off). The selection is made once per mini-batch in `update_step`,
       before the micro-batches, so it is batch-global.
     kl_cov_beta: KL-Cov's penalty coefficient beta.
+    distil_coef: weight of DistIL's top-k cross-entropy term (METHODS.md
+      7.3), added when the batch holds `topk_ids` and `topk_probs`
+      (`training/distill_credit.py`).
   """
 
   policy_loss: str = "ppo_clip"
@@ -75,6 +78,7 @@ class LossConfig:
   logprob_chunk: int | None = None
   kl_cov_ratio: float = 0.0
   kl_cov_beta: float = 1.0
+  distil_coef: float = 0.0
 
   @classmethod
   def from_config(cls, config: Any) -> LossConfig:
@@ -86,7 +90,8 @@ class LossConfig:
         max_response_len=c.rl.max_new_tokens, kl_coef=c.algo.kl_coef,
         kl_estimator=c.algo.kl_estimator, temperature=c.rl.temperature,
         logprob_chunk=c.train.logprob_chunk or None,
-        kl_cov_ratio=c.algo.kl_cov_ratio, kl_cov_beta=c.algo.kl_cov_beta)
+        kl_cov_ratio=c.algo.kl_cov_ratio, kl_cov_beta=c.algo.kl_cov_beta,
+        distil_coef=c.distill.ce_coef if c.algo.advantage == "distil" else 0.0)
 
 
 def split_micro_batches(batch: Batch, num_micro: int) -> Batch:
@@ -166,7 +171,8 @@ def update_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
     opt_state: optimizer state of `params`.
     batch: mini-batch dict: tokens [B, S], input_mask [B, S], response_mask
       [B, T], old_logp [B, T], advantages [B, T], and ref_logp [B, T] when
-      loss_config.kl_coef > 0.
+      loss_config.kl_coef > 0; DistIL adds topk_ids [B, T, k] and topk_probs
+      [B, T, k].
     optimizer: the optax transformation.
     prompt_len: P.
     num_micro: micro-batches M (B % M == 0).
@@ -192,7 +198,8 @@ def update_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
     model = nnx.merge(graphdef, p, rest)
     out = logprobs_lib.response_logprobs(
         model, mb["tokens"], mb["input_mask"], prompt_len=prompt_len,
-        temperature=c.temperature, chunk_size=c.logprob_chunk, with_entropy=True)
+        temperature=c.temperature, chunk_size=c.logprob_chunk, with_entropy=True,
+        with_hidden="topk_ids" in mb)
     m = mb["response_mask"].astype(jnp.float32)
     pg_loss_fn = None
     if "kl_cov_selection" in mb:
@@ -209,6 +216,15 @@ def update_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
       metrics["policy/kl_cov_frac"] = jnp.sum(mb["kl_cov_selection"] * m) / jnp.maximum(
           token_count, 1.0)
     metrics["policy/entropy"] = jnp.sum(out.entropy * m) / jnp.maximum(token_count, 1.0)
+    # -- DistIL (METHODS.md 7.3): the top-k forward cross-entropy term.
+    if "topk_ids" in mb:
+      from rlvr_jax.training import distill_credit  # pylint: disable=g-import-not-at-top
+      ce = distill_credit.distil_loss_term(
+          model, out.hidden, mb["topk_ids"], mb["topk_probs"], m, denominator=denominator,
+          loss_agg=c.loss_agg, max_response_len=c.max_response_len, chunk_size=c.logprob_chunk)
+      metrics["distill/ce_loss"] = ce
+      loss = loss + c.distil_coef * ce
+    # -- end of DistIL.
     return loss, metrics
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
