@@ -1,8 +1,8 @@
 r"""SCRL chains from an LLM: `python -m experiments.make_subproblems`.
 
 For data with no procedural rule and no calculator annotations (METHODS.md 3):
-each record gets K progressive subproblems as JSON from a model, validated,
-with subproblem K forced to the record's own problem and answer
+each record gets J progressive subproblems as JSON from a model, validated,
+with subproblem J forced to the record's own problem and answer
 (`rlvr_jax.tools.llm_subproblems`). The output is a JSONL of records that the
 trainer reads with `--config.data.source=jsonl --config.data.path=<output>`
 (the `default` column preset keeps `subproblems`).
@@ -37,7 +37,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "JSONL of kept records.")
 _COLUMNS = flags.DEFINE_string(
     "columns", "", "Column mapping preset or 'src:dst,...' (data/files.py); ''"
     " reads {id, problem, answer, reference_solution, solution}.")
-_K = flags.DEFINE_integer("k", 4, "K, subproblems per problem (>= 2).")
+_K = flags.DEFINE_integer("k", 4, "J, subproblems per problem (>= 2).")
 _BACKEND = flags.DEFINE_enum("backend", "local", ["local", "openai"],
                              "local: a model our sampler runs; openai: an "
                              "OpenAI-compatible HTTP endpoint.")

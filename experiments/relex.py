@@ -54,8 +54,8 @@ _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Where checkpoints/<target>/ and diagnostics go.")
 _MAX_CHUNK_BYTES = flags.DEFINE_integer(
     "max_chunk_bytes", pipeline.DEFAULT_MAX_CHUNK_BYTES,
-    "Bound on the host buffers of one box: 8 (T + 2) bytes per element in the "
-    "Gram pass over T checkpoints, 64 in the second pass.")
+    "Bound on the host buffers of one box: 8 (R + 2) bytes per element in the "
+    "Gram pass over R checkpoints, 64 in the second pass.")
 _SHARDING = flags.DEFINE_enum(
     "sharding", "base", checkpoint_io.SHARDINGS,
     "Output sharding: the base checkpoint's, or one device.")

@@ -150,7 +150,7 @@ def test_env_sampler_weights_by_hand():
   np.testing.assert_allclose(freq, [0.3, 0.1, 0.5, 0.1], atol=0.015)
   with pytest.raises(ValueError, match="unknown environment 'e'"):
     s.record("e", [1, 0])
-  with pytest.raises(ValueError, match="must be \\[G\\] or \\[M, G\\]"):
+  with pytest.raises(ValueError, match="must be \\[G\\] or \\[Q, G\\]"):
     s.record("a", np.zeros([2, 2, 2]))
   with pytest.raises(ValueError, match="signal_window"):
     curriculum.EnvSampler(["a"], window=0, floor=0.0)

@@ -61,7 +61,7 @@ def test_pass_at_k_rejects_bad_arguments():
     passk.pass_at_k([1.5], num_samples=4, k=1)
   with pytest.raises(ValueError, match="num_samples .* and num_correct"):
     passk.pass_at_k([1, 2], num_samples=[4, 4, 4], k=1)
-  with pytest.raises(ValueError, match=r"num_correct must be \[P\]"):
+  with pytest.raises(ValueError, match=r"num_correct must be \[Q\]"):
     passk.pass_at_k([[1]], num_samples=4, k=1)
 
 
@@ -147,7 +147,7 @@ def test_maj_at_n_uses_first_appearance_verdict():
 
 
 def test_maj_at_n_rejects_bad_shapes():
-  with pytest.raises(ValueError, match=r"correct must be \[P, n\]"):
+  with pytest.raises(ValueError, match=r"correct must be \[Q, E\]"):
     passk.maj_at_n([["1"]], np.zeros([2, 1]), normalize=normalize_answer)
   with pytest.raises(ValueError, match=r"answers\[0\] has 2 answers"):
     passk.maj_at_n([["1", "2"]], np.zeros([1, 3]), normalize=normalize_answer)

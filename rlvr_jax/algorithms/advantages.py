@@ -24,12 +24,12 @@ def _standardize(values: jax.Array) -> jax.Array:
   """(x - mean) / (std + 1e-6) with ddof=1; 0 for constant or single values.
 
   Args:
-    values: [N] float32.
+    values: 1-D float32 (one group, or all rows).
 
   Returns:
-    [N] float32. All zeros when N == 1 (the ddof=1 std is undefined) or when
-    every value is equal (exactly, so float noise in the mean cannot turn into
-    a 1e6-scaled advantage).
+    float32 of the same shape. All zeros for a single value (the ddof=1 std
+    is undefined) or when every value is equal (exactly, so float noise in
+    the mean cannot turn into a 1e6-scaled advantage).
   """
   if values.shape[0] == 1:
     return jnp.zeros_like(values)
@@ -39,7 +39,7 @@ def _standardize(values: jax.Array) -> jax.Array:
 
 
 def _zero_if_constant(values: jax.Array, result: jax.Array) -> jax.Array:
-  """`result`, or exactly 0 everywhere when every value is equal. [N] -> [N].
+  """`result`, or exactly 0 everywhere when every value is equal. Shape kept.
 
   The guard every estimator shares: a group of equal rewards carries no
   signal, but float32 rounding of its mean (1.1 * 3 / 3 != 1.1) would leave

@@ -30,8 +30,9 @@ import numpy as np
 from rlvr_jax.rewards import answers
 from rlvr_jax.rewards import math_checker
 
-# equivalent(references, candidates) -> [N] scores, 1 where candidates[n] is
-# equivalent to references[n] (the signature of `MathChecker.score`'s scores).
+# equivalent(references, candidates) -> one score per pair, 1 where
+# candidates[i] is equivalent to references[i] (the signature of
+# `MathChecker.score`'s scores).
 Equivalence = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 
 

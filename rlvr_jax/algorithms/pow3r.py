@@ -1,6 +1,6 @@
 """POW3R: policy-aware criterion weights for rubric rewards (METHODS.md 6.3).
 
-A rubric reward scores M criteria per response, verdicts v[i, j] in [0, 1],
+A rubric reward scores Cr criteria per response, verdicts v[i, j] in [0, 1],
 and combines them with task weights w_j. Static aggregation spends weight on
 criteria that every rollout of the group passes (saturated) or fails (dead),
 which carry no signal between rollouts. POW3R (arXiv 2605.20164; no code
@@ -18,9 +18,9 @@ then the usual group advantage of R. Evaluation keeps the static weights
 alpha_min = 0.1, alpha_max = 3 are METHODS.md's reconstruction; each is a
 keyword argument (a flag).
 
-Arrays: B = N * G rows with each group's G rollouts contiguous; M criteria
+Arrays: B = Q * G rows with each group's G rollouts contiguous; Cr criteria
 slots per prompt, padded with `criterion_mask` = 0 where a prompt has fewer.
-Per-prompt arrays (weights, categories, criterion_mask) are [N, M], or [M]
+Per-prompt arrays (weights, categories, criterion_mask) are [Q, Cr], or [Cr]
 when every prompt shares them. Written per group and `jax.vmap`ped.
 
 Decisions where METHODS.md 6.3 is silent:
@@ -64,31 +64,31 @@ def _check_flags(a: float, b: float, alpha_min: float,
         f"alpha_max={alpha_max} must be >= alpha_min={alpha_min}.")
 
 
-def _per_prompt(name: str, x: jax.Array | None, N: int, M: int,
+def _per_prompt(name: str, x: jax.Array | None, Q: int, Cr: int,
                 dtype: jnp.dtype, default: float) -> jax.Array:
-  """[M] or [N, M] -> [N, M] of `dtype` (`default` everywhere when None)."""
+  """[Cr] or [Q, Cr] -> [Q, Cr] of `dtype` (`default` everywhere when None)."""
   if x is None:
-    return jnp.full((N, M), default, dtype)
+    return jnp.full((Q, Cr), default, dtype)
   x = jnp.asarray(x)
-  if x.shape == (M,):
-    x = jnp.broadcast_to(x[None, :], (N, M))
-  if x.shape != (N, M):
+  if x.shape == (Cr,):
+    x = jnp.broadcast_to(x[None, :], (Q, Cr))
+  if x.shape != (Q, Cr):
     raise ValueError(
-        f"{name} has shape {x.shape}; verdicts give {N} groups of {M} "
-        f"criteria, so it must be [{M}] or [{N}, {M}].")
+        f"{name} has shape {x.shape}; verdicts give {Q} groups of {Cr} "
+        f"criteria, so it must be [{Cr}] or [{Q}, {Cr}].")
   return x.astype(dtype)
 
 
 def _grouped(verdicts: jax.Array, group_size: int) -> tuple[int, int, int]:
   if verdicts.ndim != 2:
-    raise ValueError(f"verdicts must be [B, M], got shape {verdicts.shape}.")
+    raise ValueError(f"verdicts must be [B, Cr], got shape {verdicts.shape}.")
   if not isinstance(group_size, int) or group_size < 1:
     raise ValueError(f"group_size must be a positive int, got {group_size!r}.")
-  B, M = verdicts.shape
+  B, Cr = verdicts.shape
   if B % group_size:
     raise ValueError(
         f"verdicts has {B} rows, not a multiple of group_size={group_size}.")
-  return B // group_size, group_size, M
+  return B // group_size, group_size, Cr
 
 
 def _group_weights(
@@ -98,7 +98,7 @@ def _group_weights(
     valid: jax.Array,
     flags: Pow3rFlags,
 ) -> jax.Array:
-  """POW3R weights of one group: [G, M] verdicts -> [M] weights w~."""
+  """POW3R weights of one group: [G, Cr] verdicts -> [Cr] weights w~."""
   G = verdicts.shape[0]
   passes = jnp.sum(jnp.where(valid[None, :], verdicts, 0.0), axis=0)
   p = (passes + flags.a) / (G + flags.a + flags.b)
@@ -135,13 +135,13 @@ def pow3r_weights(
   sum_{k in c} w~_k = sum_{k in c} w_k.
 
   Args:
-    verdicts: [B, M] float verdicts v in [0, 1]; groups of `group_size`
+    verdicts: [B, Cr] float verdicts v in [0, 1]; groups of `group_size`
       contiguous rows.
-    weights: [M] or [N, M] task weights w >= 0 (N = B // G prompts).
+    weights: [Cr] or [Q, Cr] task weights w >= 0 (Q = B // G prompts).
     group_size: G, rollouts per prompt.
-    categories: [M] or [N, M] integer category ids; None puts every
+    categories: [Cr] or [Q, Cr] integer category ids; None puts every
       criterion of a prompt in one category.
-    criterion_mask: [M] or [N, M], 1 on real criteria, 0 on padding; None
+    criterion_mask: [Cr] or [Q, Cr], 1 on real criteria, 0 on padding; None
       means all are real.
     a: pseudo-passes, > 0.
     b: pseudo-failures, > 0.
@@ -149,14 +149,14 @@ def pow3r_weights(
     alpha_max: multiplier ceiling, >= alpha_min.
 
   Returns:
-    [N, M] float32 training weights w~ (0 on padding).
+    [Q, Cr] float32 training weights w~ (0 on padding).
   """
   _check_flags(a, b, alpha_min, alpha_max)
-  N, G, M = _grouped(verdicts, group_size)
-  weights = _per_prompt("weights", weights, N, M, jnp.float32, 1.0)
-  categories = _per_prompt("categories", categories, N, M, jnp.int32, 0)
-  valid = _per_prompt("criterion_mask", criterion_mask, N, M, bool, True)
-  grouped = verdicts.astype(jnp.float32).reshape(N, G, M)
+  Q, G, Cr = _grouped(verdicts, group_size)
+  weights = _per_prompt("weights", weights, Q, Cr, jnp.float32, 1.0)
+  categories = _per_prompt("categories", categories, Q, Cr, jnp.int32, 0)
+  valid = _per_prompt("criterion_mask", criterion_mask, Q, Cr, bool, True)
+  grouped = verdicts.astype(jnp.float32).reshape(Q, G, Cr)
   flags = Pow3rFlags(a=a, b=b, alpha_min=alpha_min, alpha_max=alpha_max)
   return jax.vmap(_group_weights, in_axes=(0, 0, 0, 0, None))(
       grouped, weights, categories, valid, flags)
@@ -176,24 +176,24 @@ def weighted_rewards(
   to 0 gets R = 0.
 
   Args:
-    verdicts: [B, M] verdicts v in [0, 1], groups of `group_size` rows.
-    weights: [M] or [N, M] weights w >= 0.
+    verdicts: [B, Cr] verdicts v in [0, 1], groups of `group_size` rows.
+    weights: [Cr] or [Q, Cr] weights w >= 0.
     group_size: G, rollouts per prompt.
-    criterion_mask: [M] or [N, M], 0 on padding criteria; None: all real.
+    criterion_mask: [Cr] or [Q, Cr], 0 on padding criteria; None: all real.
 
   Returns:
     [B] float32 rewards.
   """
-  N, G, M = _grouped(verdicts, group_size)
-  weights = _per_prompt("weights", weights, N, M, jnp.float32, 1.0)
-  valid = _per_prompt("criterion_mask", criterion_mask, N, M, bool, True)
+  Q, G, Cr = _grouped(verdicts, group_size)
+  weights = _per_prompt("weights", weights, Q, Cr, jnp.float32, 1.0)
+  valid = _per_prompt("criterion_mask", criterion_mask, Q, Cr, bool, True)
   weights = jnp.where(valid, weights, 0.0)
-  grouped = verdicts.astype(jnp.float32).reshape(N, G, M)
-  numerator = jnp.einsum("ngm,nm->ng", jnp.where(valid[:, None], grouped, 0.0),
+  grouped = verdicts.astype(jnp.float32).reshape(Q, G, Cr)
+  numerator = jnp.einsum("qgc,qc->qg", jnp.where(valid[:, None], grouped, 0.0),
                          weights)
   denominator = jnp.sum(weights, axis=1, keepdims=True)
   rewards = numerator / jnp.where(denominator > 0, denominator, 1.0)
-  return jnp.where(denominator > 0, rewards, 0.0).reshape(N * G)
+  return jnp.where(denominator > 0, rewards, 0.0).reshape(Q * G)
 
 
 def pow3r_rewards(

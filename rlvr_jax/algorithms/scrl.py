@@ -1,13 +1,13 @@
 """SCRL advantages: per-position normalization and span scatter (METHODS.md 3).
 
 Row order of a mixed SCRL rollout batch (every caller follows it): a problem
-p has G = 2 * Gc responses in the contiguous rows p * G .. p * G + G - 1; the
+q has G = 2 * Gc responses in the contiguous rows q * G .. q * G + G - 1; the
 first Gc answer the curriculum prompt, the last Gc the plain prompt. So
-[B, ...] reshapes to [P, 2, Gc, ...] with index 0 the curriculum half.
+[B, ...] reshapes to [Q, 2, Gc, ...] with index 0 the curriculum half.
 
-Per-problem chains may be shorter than K (`data.subproblems`): problem p has
-K_p = `chain_lengths[p]` subproblems, its rewards are padded to K, and
-positions j >= K_p are not positions: their advantage is 0 and they are left
+Per-problem chains may be shorter than J (`data.subproblems`): problem q has
+J_q = `chain_lengths[q]` subproblems, its rewards are padded to J, and
+positions j >= J_q are not positions: their advantage is 0 and they are left
 out of the per-position metrics.
 
 The host side (`rewards.scrl_blocks`) produces R, the malformed flags and the
@@ -23,16 +23,16 @@ from rlvr_jax.algorithms import advantages
 
 
 def _position_mask(
-    chain_lengths: jax.Array | None, P: int, K: int
+    chain_lengths: jax.Array | None, Q: int, J: int
 ) -> jax.Array:
-  """[P, K] bool: j < K_p (all True when chain_lengths is None)."""
+  """[Q, J] bool: j < J_q (all True when chain_lengths is None)."""
   if chain_lengths is None:
-    return jnp.ones((P, K), bool)
-  if chain_lengths.shape != (P,):
+    return jnp.ones((Q, J), bool)
+  if chain_lengths.shape != (Q,):
     raise ValueError(
-        f"chain_lengths has shape {chain_lengths.shape}, expected [P]=({P},)"
+        f"chain_lengths has shape {chain_lengths.shape}, expected [Q]=({Q},)"
     )
-  return jnp.arange(K)[None, :] < chain_lengths[:, None]
+  return jnp.arange(J)[None, :] < chain_lengths[:, None]
 
 
 @jax.jit
@@ -48,19 +48,19 @@ def positional_advantages(
   the normalization.
 
   Args:
-    rewards: [P, Gc, K] R after the prefix rule (0/1), malformed responses
+    rewards: [Q, Gc, J] R after the prefix rule (0/1), malformed responses
       all 0 (they stay in the statistics).
-    chain_lengths: [P] int K_p; positions j >= K_p get 0. None: all K.
+    chain_lengths: [Q] int J_q; positions j >= J_q get 0. None: all J.
 
   Returns:
-    [P, Gc, K] float32 advantages.
+    [Q, Gc, J] float32 advantages.
   """
-  P, Gc, K = rewards.shape
-  valid = _position_mask(chain_lengths, P, K)[:, None, :]
+  Q, Gc, J = rewards.shape
+  valid = _position_mask(chain_lengths, Q, J)[:, None, :]
   R = jnp.where(valid, rewards.astype(jnp.float32), 0.0)
-  columns = jnp.moveaxis(R, 2, 0).reshape(K, P * Gc)
+  columns = jnp.moveaxis(R, 2, 0).reshape(J, Q * Gc)
   A = jax.vmap(functools.partial(advantages.grpo, group_size=Gc))(columns)
-  A = jnp.moveaxis(A.reshape(K, P, Gc), 0, 2)
+  A = jnp.moveaxis(A.reshape(J, Q, Gc), 0, 2)
   return jnp.where(valid, A, 0.0)
 
 
@@ -75,31 +75,31 @@ def span_advantages(
   METHODS.md 3, "Token assignment".
 
   Args:
-    position_advantages: [B, K] A_b(j) of each curriculum row.
-    span_index: [B, T] int block index j in 0..K-1 of each token, or -1.
+    position_advantages: [B, J] A_b(j) of each curriculum row.
+    span_index: [B, T] int block index j in 0..J-1 of each token, or -1.
     mask: [B, T] response mask m.
 
   Returns:
     [B, T] float32 token advantages.
   """
-  B, K = position_advantages.shape
+  B, J = position_advantages.shape
   if span_index.shape[0] != B or mask.shape != span_index.shape:
     raise ValueError(
         f"position_advantages {position_advantages.shape}, span_index"
         f" {span_index.shape} and mask {mask.shape} must share B (and T)"
     )
-  index = jnp.clip(span_index, 0, K - 1)
+  index = jnp.clip(span_index, 0, J - 1)
   per_token = jnp.take_along_axis(
       position_advantages.astype(jnp.float32), index, axis=1
   )
   return jnp.where(span_index >= 0, per_token, 0.0) * mask.astype(jnp.float32)
 
 
-def _split_halves(x: jax.Array, P: int, Gc: int) -> tuple[jax.Array, jax.Array]:
-  """[P * 2 * Gc, ...] -> curriculum [P * Gc, ...], plain [P * Gc, ...]."""
-  halves = x.reshape(P, 2, Gc, *x.shape[1:])
-  return (halves[:, 0].reshape(P * Gc, *x.shape[1:]),
-          halves[:, 1].reshape(P * Gc, *x.shape[1:]))
+def _split_halves(x: jax.Array, Q: int, Gc: int) -> tuple[jax.Array, jax.Array]:
+  """[Q * 2 * Gc, ...] -> curriculum [Q * Gc, ...], plain [Q * Gc, ...]."""
+  halves = x.reshape(Q, 2, Gc, *x.shape[1:])
+  return (halves[:, 0].reshape(Q * Gc, *x.shape[1:]),
+          halves[:, 1].reshape(Q * Gc, *x.shape[1:]))
 
 
 @jax.jit
@@ -117,36 +117,36 @@ def mixed_batch_advantages(
   broadcast over the response tokens. METHODS.md 3.
 
   Args:
-    curriculum_rewards: [P, Gc, K] R of the curriculum rows.
-    plain_rewards: [P, Gc] rewards of the plain rows.
-    span_index: [B, T] int, B = P * 2 * Gc; read on curriculum rows only.
+    curriculum_rewards: [Q, Gc, J] R of the curriculum rows.
+    plain_rewards: [Q, Gc] rewards of the plain rows.
+    span_index: [B, T] int, B = Q * 2 * Gc; read on curriculum rows only.
     response_mask: [B, T] m.
-    chain_lengths: [P] int K_p, or None for all K.
+    chain_lengths: [Q] int J_q, or None for all J.
 
   Returns:
     [B, T] float32 advantages.
   """
-  P, Gc, K = curriculum_rewards.shape
+  Q, Gc, J = curriculum_rewards.shape
   B, T = response_mask.shape
-  if (plain_rewards.shape != (P, Gc) or B != 2 * P * Gc
+  if (plain_rewards.shape != (Q, Gc) or B != 2 * Q * Gc
       or span_index.shape != (B, T)):
     raise ValueError(
         f"curriculum_rewards {curriculum_rewards.shape}, plain_rewards"
         f" {plain_rewards.shape}, span_index {span_index.shape} and"
-        f" response_mask {response_mask.shape} disagree (need [P, Gc],"
-        " [2*P*Gc, T])"
+        f" response_mask {response_mask.shape} disagree (need [Q, Gc],"
+        " [2*Q*Gc, T])"
     )
-  span_curriculum, _ = _split_halves(span_index, P, Gc)
-  mask_curriculum, mask_plain = _split_halves(response_mask, P, Gc)
+  span_curriculum, _ = _split_halves(span_index, Q, Gc)
+  mask_curriculum, mask_plain = _split_halves(response_mask, Q, Gc)
   positional = positional_advantages(curriculum_rewards, chain_lengths)
   curriculum = span_advantages(
-      positional.reshape(P * Gc, K), span_curriculum, mask_curriculum
+      positional.reshape(Q * Gc, J), span_curriculum, mask_curriculum
   )
   plain = advantages.broadcast_to_tokens(
-      advantages.grpo(plain_rewards.reshape(P * Gc), group_size=Gc), mask_plain
+      advantages.grpo(plain_rewards.reshape(Q * Gc), group_size=Gc), mask_plain
   )
   return jnp.stack(
-      [curriculum.reshape(P, Gc, T), plain.reshape(P, Gc, T)], axis=1
+      [curriculum.reshape(Q, Gc, T), plain.reshape(Q, Gc, T)], axis=1
   ).reshape(B, T)
 
 
@@ -161,45 +161,45 @@ def scrl_metrics(
 ) -> dict[str, jax.Array]:
   """Per-step SCRL diagnostics (METHODS.md 3, "Log per step").
 
-  Keys (j = 1..K):
+  Keys (j = 1..J):
   - `scrl/solve_rate/p{j}`, `scrl/solve_rate_raw/p{j}`: mean R(j) and r(j)
     over curriculum rows whose problem has position j (0 when none has);
   - `scrl/mean_solved_prefix`: mean of sum_j R(j) (the solved prefix length);
   - `scrl/malformed_frac`: fraction of curriculum rows that are malformed;
-  - `scrl/accuracy/curriculum`: mean r(K_p), the original problem solved in
+  - `scrl/accuracy/curriculum`: mean r(J_q), the original problem solved in
     its last block (raw, whatever the earlier blocks);
   - `scrl/accuracy/plain`: mean plain reward (the accuracy when the reward is
     the 0/1 check; this is the number evaluation reports);
   - `scrl/response_length/{curriculum,plain}`: mean generated tokens per row.
 
   Args:
-    raw: [P, Gc, K] r before the prefix rule.
-    rewards: [P, Gc, K] R after the prefix rule.
-    malformed: [P, Gc] bool.
-    plain_rewards: [P, Gc] rewards of the plain rows.
-    response_mask: [B, T] m of the whole batch, B = 2 * P * Gc.
-    chain_lengths: [P] int K_p, or None for all K.
+    raw: [Q, Gc, J] r before the prefix rule.
+    rewards: [Q, Gc, J] R after the prefix rule.
+    malformed: [Q, Gc] bool.
+    plain_rewards: [Q, Gc] rewards of the plain rows.
+    response_mask: [B, T] m of the whole batch, B = 2 * Q * Gc.
+    chain_lengths: [Q] int J_q, or None for all J.
 
   Returns:
     Flat dict of float32 scalars.
   """
-  P, Gc, K = rewards.shape
+  Q, Gc, J = rewards.shape
   valid = jnp.broadcast_to(
-      _position_mask(chain_lengths, P, K)[:, None, :], (P, Gc, K)
+      _position_mask(chain_lengths, Q, J)[:, None, :], (Q, Gc, J)
   ).astype(jnp.float32)
   count = jnp.sum(valid, axis=(0, 1))
   solved = jnp.sum(rewards * valid, axis=(0, 1)) / jnp.maximum(count, 1.0)
   solved_raw = jnp.sum(raw * valid, axis=(0, 1)) / jnp.maximum(count, 1.0)
   last = (
-      jnp.full((P,), K - 1) if chain_lengths is None else chain_lengths - 1
+      jnp.full((Q,), J - 1) if chain_lengths is None else chain_lengths - 1
   )
   last_raw = jnp.take_along_axis(
       raw.astype(jnp.float32),
-      jnp.broadcast_to(last[:, None, None], (P, Gc, 1)),
+      jnp.broadcast_to(last[:, None, None], (Q, Gc, 1)),
       axis=2,
   )
   lengths_curriculum, lengths_plain = _split_halves(
-      jnp.sum(response_mask.astype(jnp.float32), axis=1), P, Gc
+      jnp.sum(response_mask.astype(jnp.float32), axis=1), Q, Gc
   )
   metrics = {
       "scrl/mean_solved_prefix": jnp.mean(jnp.sum(rewards * valid, axis=2)),
@@ -209,7 +209,7 @@ def scrl_metrics(
       "scrl/response_length/curriculum": jnp.mean(lengths_curriculum),
       "scrl/response_length/plain": jnp.mean(lengths_plain),
   }
-  for j in range(K):
+  for j in range(J):
     metrics[f"scrl/solve_rate/p{j + 1}"] = solved[j]
     metrics[f"scrl/solve_rate_raw/p{j + 1}"] = solved_raw[j]
   return metrics

@@ -1,10 +1,10 @@
 """A rubric task: prompts with several code-checkable constraints (issue 16).
 
-In the spirit of IFEval, each prompt asks for a short text and adds M
+In the spirit of IFEval, each prompt asks for a short text and adds Cr
 constraints (length in words, required or forbidden keywords, a final line,
 a number of bullet points, letter case, the first word). Each constraint is a
 criterion with a weight and a category, scored by a small checker here; the
-verdict matrix [B, M] with the weights and categories is what POW3R weighs
+verdict matrix [B, Cr] with the weights and categories is what POW3R weighs
 (`algorithms.pow3r`, METHODS.md 6.3).
 
 **(decision)** The checkers are written here rather than taken from
@@ -306,12 +306,12 @@ def write_jsonl(prompts: Sequence[RubricPrompt], path: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class CriteriaArrays:
-  """Criteria of N prompts padded to M slots (the inputs of POW3R).
+  """Criteria of Q prompts padded to Cr slots (the inputs of POW3R).
 
   Attributes:
-    weights: [N, M] float32 task weights w (0 on padding).
-    categories: [N, M] int32 indices into `CATEGORIES` (0 on padding).
-    mask: [N, M] bool, True on real criteria.
+    weights: [Q, Cr] float32 task weights w (0 on padding).
+    categories: [Q, Cr] int32 indices into `CATEGORIES` (0 on padding).
+    mask: [Q, Cr] bool, True on real criteria.
   """
   weights: np.ndarray
   categories: np.ndarray
@@ -320,19 +320,19 @@ class CriteriaArrays:
 
 def criteria_arrays(criteria: Sequence[Sequence[Criterion]], *,
                     max_criteria: int) -> CriteriaArrays:
-  """Weights, categories and mask of N prompts' criteria, [N, M].
+  """Weights, categories and mask of Q prompts' criteria, [Q, Cr].
 
   Args:
-    criteria: N tuples of criteria (one per prompt, or one per row).
-    max_criteria: M, the padded width; >= every prompt's count.
+    criteria: Q tuples of criteria (one per prompt, or one per row).
+    max_criteria: Cr, the padded width; >= every prompt's count.
 
   Returns:
     CriteriaArrays.
   """
-  N = len(criteria)
-  weights = np.zeros((N, max_criteria), np.float32)
-  categories = np.zeros((N, max_criteria), np.int32)
-  mask = np.zeros((N, max_criteria), bool)
+  Q = len(criteria)
+  weights = np.zeros((Q, max_criteria), np.float32)
+  categories = np.zeros((Q, max_criteria), np.int32)
+  mask = np.zeros((Q, max_criteria), bool)
   for n, row in enumerate(criteria):
     if len(row) > max_criteria:
       raise ValueError(f"prompt {n} has {len(row)} criteria > max_criteria="
@@ -352,10 +352,10 @@ def verdict_matrix(criteria: Sequence[Sequence[Criterion]],
     criteria: B tuples of criteria, row i's prompt's (repeat a prompt's
       criteria for each of its G rollouts).
     texts: B responses (a non-str counts as "").
-    max_criteria: M; padding slots get 0.
+    max_criteria: Cr; padding slots get 0.
 
   Returns:
-    [B, M] float32 in {0, 1}.
+    [B, Cr] float32 in {0, 1}.
   """
   if len(criteria) != len(texts):
     raise ValueError(f"criteria has {len(criteria)} rows but texts has "

@@ -3,7 +3,7 @@
 For each problem, half of the group answers the curriculum message and half
 the plain one. Both functions return the user message text; the caller
 renders it with the model's chat template (or the plain/few-shot templates of
-`data.prompts`). The curriculum message for a chain of K = 2:
+`data.prompts`). The curriculum message for a chain of J = 2:
 
     {problem}
 
@@ -34,21 +34,21 @@ def curriculum_message(record: Record) -> str:
   """The curriculum user message of a record with subproblems.
 
   Args:
-    record: a record with `problem` and `subproblems` (K_i >= 1 items with a
+    record: a record with `problem` and `subproblems` (J_i >= 1 items with a
       `statement`), as `data.subproblems.with_subproblems` returns it.
 
   Returns:
-    The original problem, Problem1..ProblemK_i, then the instruction to
-    answer in exactly K_i blocks `<pj>...</pj>`, each ending in `\\boxed{}`.
+    The original problem, Problem1..ProblemJ_i, then the instruction to
+    answer in exactly J_i blocks `<pj>...</pj>`, each ending in `\\boxed{}`.
   """
   statements = [s["statement"].strip() for s in record["subproblems"]]
-  K = len(statements)
-  if K < 1:
+  J = len(statements)
+  if J < 1:
     raise ValueError(f"record {record.get('id')!r}: 'subproblems' is empty")
   listed = "\n\n".join(f"Problem{j}: {s}" for j, s in enumerate(statements, 1))
-  blocks = " ".join(f"<p{j}>...</p{j}>" for j in range(1, K + 1))
-  count = "1 subproblem" if K == 1 else f"{K} subproblems"
-  block_count = "1 block" if K == 1 else f"{K} blocks"
+  blocks = " ".join(f"<p{j}>...</p{j}>" for j in range(1, J + 1))
+  count = "1 subproblem" if J == 1 else f"{J} subproblems"
+  block_count = "1 block" if J == 1 else f"{J} blocks"
   return (
       f"{record['problem'].strip()}\n\n"
       f"Solve the problem above through the following {count}, in order."

@@ -41,21 +41,21 @@ None). Rules (`RULES`), each computing every intermediate ground truth exactly
   the written computation before it removed (`48/2 = `), and the result
   blanked: "Natalia sold ___ clips in May."
 
-Which intermediate results are used (K = the requested chain length):
-- arithmetic and countdown: the K - 1 candidates with the most operators
+Which intermediate results are used (J = the requested chain length):
+- arithmetic and countdown: the J - 1 candidates with the most operators
   (closest to the whole problem, so consecutive subproblems differ by few
   operations), ordered by operator count and then by evaluation order, so a
   sub-expression always precedes every expression that contains it;
-- gsm_symbolic and gsm8k: the last K - 1 useful steps in solution order. A
+- gsm_symbolic and gsm8k: the last J - 1 useful steps in solution order. A
   step is useful when its value is not the final answer (that is subproblem
-  K) and not a number stated in the question; of several useful steps with
+  J) and not a number stated in the question; of several useful steps with
   the same value only the last is kept.
 
-**(decision)** An item with fewer than K - 1 usable intermediate results gets
-a shorter chain of K_i = 1 + (usable count) subproblems, nothing padded in the
-data (K_i = 1 is the problem alone). The curriculum prompt then asks for K_i
-blocks, and the trainer pads the reward arrays to K, passing each problem's
-K_i as `chain_lengths` to `algorithms.scrl` (positions j >= K_i get A = 0).
+**(decision)** An item with fewer than J - 1 usable intermediate results gets
+a shorter chain of J_i = 1 + (usable count) subproblems, nothing padded in the
+data (J_i = 1 is the problem alone). The curriculum prompt then asks for J_i
+blocks, and the trainer pads the reward arrays to J, passing each problem's
+J_i as `chain_lengths` to `algorithms.scrl` (positions j >= J_i get A = 0).
 
 An item whose own answer is inconsistent raises `UnusableItemError` (for
 example the ~1% of basic_arithmetic items whose generator answer is computed
@@ -445,11 +445,11 @@ def with_subproblems(
   Args:
     record: `{'problem', 'answer', 'metadata', ...}` (a `data.tasks` or
       `data.files` record).
-    k: K, the requested chain length (the last subproblem is the problem).
+    k: J, the requested chain length (the last subproblem is the problem).
     rule: a key of `RULES`; None uses `record['task']`.
 
   Returns:
-    A new record with `subproblems` (K_i <= K items, the last one the
+    A new record with `subproblems` (J_i <= J items, the last one the
     problem and answer) and `reference_solution` added.
 
   Raises:
@@ -477,7 +477,7 @@ def add_subproblems(
 
   Args:
     records: records as `with_subproblems` takes them.
-    k: K, the requested chain length.
+    k: J, the requested chain length.
     rule: a key of `RULES`; None uses each record's `task`.
 
   Returns:

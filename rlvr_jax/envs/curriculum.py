@@ -13,9 +13,9 @@ sampled before the change) are ignored.
 signal (rewards not all equal, i.e. for a {0, 1} reward neither all right
 nor all wrong; an environment with no groups yet counts s_e = 1), and
 
-  p_e = floor + (1 - E * floor) * s_e / sum_j s_j     (uniform if sum_j s_j = 0)
+  p_e = floor + (1 - Ne * floor) * s_e / sum_j s_j     (uniform if sum_j s_j = 0)
 
-over the E environments, so every p_e >= floor and sum_e p_e = 1.
+over the Ne environments, so every p_e >= floor and sum_e p_e = 1.
 
 Both keep all their state in `state_dict()` (plain JSON types) and
 `load_state_dict` restores it exactly, so a resumed run makes the same
@@ -82,7 +82,7 @@ class LevelController:
 
     Args:
       level: the level the episodes were generated at.
-      outcomes: [M] episode successes in [0, 1].
+      outcomes: episode successes in [0, 1], one per episode.
 
     Returns:
       The current level after these outcomes.
@@ -134,23 +134,23 @@ class LevelController:
 
 
 def signal_weights(signal: Sequence[float], *, floor: float) -> np.ndarray:
-  """p_e = floor + (1 - E floor) s_e / sum_j s_j (module docstring).
+  """p_e = floor + (1 - Ne floor) s_e / sum_j s_j (module docstring).
 
   Args:
-    signal: [E] signal fractions s_e in [0, 1].
-    floor: the least probability of each environment, in [0, 1 / E].
+    signal: [Ne] signal fractions s_e in [0, 1].
+    floor: the least probability of each environment, in [0, 1 / Ne].
 
   Returns:
-    [E] float64 probabilities that sum to 1.
+    [Ne] float64 probabilities that sum to 1.
 
   Raises:
     ValueError: when `signal` is empty or outside [0, 1], or `floor` is
-      outside [0, 1 / E].
+      outside [0, 1 / Ne].
   """
   s = np.asarray(signal, np.float64).reshape([-1])
   num_envs = s.shape[0]
   if num_envs == 0 or np.any(~((s >= 0.0) & (s <= 1.0))):
-    raise ValueError(f"signal must be [E] values in [0, 1], got {s.tolist()}")
+    raise ValueError(f"signal must be [Ne] values in [0, 1], got {s.tolist()}")
   if not 0.0 <= floor <= 1.0 / num_envs:
     raise ValueError(f"--config.curriculum.signal_floor must be in "
                      f"[0, 1/{num_envs}], got {floor}")
@@ -169,7 +169,7 @@ class EnvSampler:
     Args:
       names: the environments' names (distinct).
       window: N, groups per environment in its signal fraction.
-      floor: the least probability of each environment, in [0, 1 / E].
+      floor: the least probability of each environment, in [0, 1 / Ne].
       seed: the seed of the draws.
 
     Raises:
@@ -194,13 +194,13 @@ class EnvSampler:
 
     Args:
       name: an environment name.
-      group_rewards: [G] rewards of one group, or [B // G, G] several.
+      group_rewards: [G] rewards of one group, or [Q, G] several.
 
     Returns:
       Whether the last group's rewards were not all equal.
 
     Raises:
-      ValueError: an unknown name, or rewards that are not [G] / [M, G].
+      ValueError: an unknown name, or rewards that are not [G] / [Q, G].
     """
     if name not in self._signal:
       raise ValueError(f"unknown environment {name!r}; known: {self.names}")
@@ -208,7 +208,7 @@ class EnvSampler:
     if rewards.ndim == 1:
       rewards = rewards[None, :]
     if rewards.ndim != 2 or rewards.size == 0:
-      raise ValueError(f"group_rewards must be [G] or [M, G], got shape "
+      raise ValueError(f"group_rewards must be [G] or [Q, G], got shape "
                        f"{np.shape(group_rewards)}")
     signal = rewards.max(axis=1) > rewards.min(axis=1)
     self._signal[name].extend(bool(x) for x in signal)
@@ -271,7 +271,7 @@ class Curriculum:
     Args:
       name: the environment.
       level: the level the groups were generated at.
-      group_rewards: [M, G] (or [G]) rewards, for the signal fraction.
+      group_rewards: [Q, G] (or [G]) rewards, for the signal fraction.
       group_success: the same episodes' success channel, for the level.
 
     Returns:

@@ -242,16 +242,16 @@ class _TurnConfig:
 def _extend(graphdef: nnx.GraphDef, params: Any, rest: Any, caches: list[Any], logits: Array,
             valid: Array, n_real: Array, tokens: Array, new_mask: Array, cursor: Array
             ) -> tuple[Array, list[Any], Array, Array]:
-  """Prefills a block of new tokens into the cache at slots cursor .. cursor + E - 1.
+  """Prefills a block of new tokens into the cache at slots cursor .. cursor + Tb - 1.
 
   Args:
     graphdef, params, rest: the split decoder.
-    caches: L per-layer (keys, values), each [B, K, C, Dh].
+    caches: L per-layer (keys, values), each [B, K, Sc, Dh].
     logits: [B, V] float32, each row's next-token logits so far.
-    valid: [B, C] bool, the real (non-empty) cache slots.
+    valid: [B, Sc] bool, the real (non-empty) cache slots.
     n_real: [B] int32 real tokens so far (the next RoPE position).
-    tokens: [B, E] int32, each row's new tokens right-aligned (E >= 1).
-    new_mask: [B, E] bool, the real ones.
+    tokens: [B, Tb] int32, each row's new tokens right-aligned (Tb >= 1).
+    new_mask: [B, Tb] bool, the real ones.
     cursor: the first slot of the block.
 
   Returns:
@@ -291,8 +291,8 @@ def _decode_turn(graphdef: nnx.GraphDef, params: Any, rest: Any, caches: list[An
     budget: [B] int32, most tokens of each row's turn (<= cfg.steps).
     key: PRNG key of the turn; step i uses fold_in(key, i).
     temperature, top_p: scalars of `sampler.draw`.
-    stop_seqs: [M, Ls] int32 stop token sequences, right-aligned, left-padded
-      with -1 (M may be 0).
+    stop_seqs: [Ns, Ls] int32 stop token sequences, right-aligned, left-padded
+      with -1 (Ns may be 0).
     cfg: static settings.
 
   Returns:

@@ -131,18 +131,18 @@ class Sampling:
 
 @dataclasses.dataclass(frozen=True)
 class BenchmarkResult:
-  """Every sample of one benchmark and its verdict; P problems, n samples each.
+  """Every sample of one benchmark and its verdict; Q problems, n samples each.
 
   Attributes:
     benchmark: the benchmark.
-    prompts: P rendered prompts.
-    texts: [P][n] decoded responses.
-    answers: [P][n] extracted answers (None = no well-formed box).
-    correct: [P, n] float32 in {0, 1}.
-    reasons: [P][n] None where correct, else "<category>: <detail>".
-    lengths: [P, n] int32 response lengths in tokens (with EOS).
-    finish_reasons: [P][n] 'eos', 'stop' or 'length'.
-    formatted: [P, n] float32, 1 where the response ended in one clean box.
+    prompts: Q rendered prompts.
+    texts: [Q][E] decoded responses.
+    answers: [Q][E] extracted answers (None = no well-formed box).
+    correct: [Q, E] float32 in {0, 1}.
+    reasons: [Q][E] None where correct, else "<category>: <detail>".
+    lengths: [Q, E] int32 response lengths in tokens (with EOS).
+    finish_reasons: [Q][E] 'eos', 'stop' or 'length'.
+    formatted: [Q, E] float32, 1 where the response ended in one clean box.
   """
 
   benchmark: Benchmark
@@ -160,7 +160,7 @@ class BenchmarkResult:
     return int(self.correct.shape[1])
 
   def majority(self) -> np.ndarray:
-    """[P] maj@n per problem (`passk.maj_at_n` over normalized answers)."""
+    """[Q] maj@n per problem (`passk.maj_at_n` over normalized answers)."""
     return passk.maj_at_n(self.answers, self.correct, normalize=answers.normalize_answer)
 
   def metrics(self) -> dict[str, float]:

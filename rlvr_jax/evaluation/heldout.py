@@ -22,10 +22,10 @@ class HeldOutResult:
   """Outcome of one held-out evaluation.
 
   Attributes:
-    correct: [N] float32 in {0, 1}, one entry per problem, in record order.
-    formatted: [N] float32, 1 where the response ended in one clean box.
-    lengths: [N] response lengths in tokens.
-    responses: the N decoded responses.
+    correct: [Q] float32 in {0, 1}, one entry per problem, in record order.
+    formatted: [Q] float32, 1 where the response ended in one clean box.
+    lengths: [Q] response lengths in tokens.
+    responses: the Q decoded responses.
   """
 
   correct: np.ndarray
@@ -61,7 +61,7 @@ class HeldOutResult:
       records: the held-out records, in evaluation order.
 
     Returns:
-      {'accuracy', 'correct' [N], 'problems': [{problem, answer, response,
+      {'accuracy', 'correct' [Q], 'problems': [{problem, answer, response,
        correct}]}; a resumed run reads 'correct' back.
     """
     rows = [{"problem": r["problem"], "answer": r["answer"], "response": text,
@@ -77,8 +77,8 @@ def mcnemar_exact(before: np.ndarray, after: np.ndarray) -> float:
   under H0 (no change) b ~ Binomial(b + c, 1/2); p = min(1, 2 P[X <= min(b, c)]).
 
   Args:
-    before: [N] in {0, 1}.
-    after: [N] in {0, 1}, same problems in the same order.
+    before: [Q] in {0, 1}.
+    after: [Q] in {0, 1}, same problems in the same order.
 
   Returns:
     The p-value (1.0 when there are no discordant pairs).

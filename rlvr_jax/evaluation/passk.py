@@ -11,7 +11,7 @@ avg@n = c / n is the mean accuracy of a single sample; maj@n scores the
 answer that most samples agree on.
 
 Everything here is host-side NumPy over finished verdicts, vectorized over
-problems P; it is computed in float64 so that a product of up to n factors
+problems Q; it is computed in float64 so that a product of up to n factors
 keeps full float32 precision in the result.
 """
 
@@ -24,10 +24,10 @@ import numpy as np
 
 def _counts(num_correct: np.ndarray | Sequence[int],
             num_samples: int | np.ndarray | Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-  """Validated ([P] c, [P] n) int64 arrays."""
+  """Validated ([Q] c, [Q] n) int64 arrays."""
   c = np.asarray(num_correct)
   if c.ndim != 1:
-    raise ValueError(f"num_correct must be [P], got shape {c.shape}.")
+    raise ValueError(f"num_correct must be [Q], got shape {c.shape}.")
   n = np.asarray(num_samples)
   if n.ndim == 0:
     n = np.full(c.shape, n)
@@ -53,12 +53,12 @@ def pass_at_k(num_correct: np.ndarray | Sequence[int], *,
   pass@k = 1 exactly. METHODS.md 5.
 
   Args:
-    num_correct: [P] correct samples per problem, c in [0, n].
-    num_samples: n, one int for all problems or [P].
+    num_correct: [Q] correct samples per problem, c in [0, n].
+    num_samples: n, one int for all problems or [Q].
     k: samples drawn, 1 <= k <= n for every problem.
 
   Returns:
-    [P] float64 pass@k in [0, 1].
+    [Q] float64 pass@k in [0, 1].
   """
   c, n = _counts(num_correct, num_samples)
   if k < 1:
@@ -66,7 +66,7 @@ def pass_at_k(num_correct: np.ndarray | Sequence[int], *,
   if n.size and k > n.min():
     raise ValueError(f"k = {k} exceeds num_samples = {int(n.min())}.")
   i = np.arange(1, int(n.max(initial=1)) + 1, dtype=np.float64)[None, :]  # [1, max n]
-  in_product = (i > (n - c)[:, None]) & (i <= n[:, None])  # [P, max n]
+  in_product = (i > (n - c)[:, None]) & (i <= n[:, None])  # [Q, max n]
   factors = np.where(in_product, 1.0 - k / i, 1.0)
   return 1.0 - np.prod(factors, axis=1)
 
@@ -93,11 +93,11 @@ def pass_at_ks(num_correct: np.ndarray | Sequence[int], *,
   """pass@k per problem for every k of `power_of_two_ks(min n)`.
 
   Args:
-    num_correct: [P] correct samples per problem.
-    num_samples: n, one int or [P]; the ks go up to the smallest n.
+    num_correct: [Q] correct samples per problem.
+    num_samples: n, one int or [Q]; the ks go up to the smallest n.
 
   Returns:
-    {k: [P] float64 pass@k}, ks in increasing order.
+    {k: [Q] float64 pass@k}, ks in increasing order.
   """
   _, n = _counts(num_correct, num_samples)
   if not n.size:
@@ -111,11 +111,11 @@ def avg_at_n(num_correct: np.ndarray | Sequence[int], *,
   """avg@n = c / n per problem (METHODS.md 5).
 
   Args:
-    num_correct: [P] correct samples per problem.
-    num_samples: n, one int or [P].
+    num_correct: [Q] correct samples per problem.
+    num_samples: n, one int or [Q].
 
   Returns:
-    [P] float64 fraction of correct samples.
+    [Q] float64 fraction of correct samples.
   """
   c, n = _counts(num_correct, num_samples)
   return c / n
@@ -160,16 +160,16 @@ def maj_at_n(answers: Sequence[Sequence[str | None]], correct: np.ndarray, *,
   sample `majority_vote` returns); a problem with no extracted answer scores 0.
 
   Args:
-    answers: P lists of n extracted answers (None = none extracted).
-    correct: [P, n] verdict of each sample (bool or {0, 1}).
+    answers: Q lists of n extracted answers (None = none extracted).
+    correct: [Q, E] verdict of each sample (bool or {0, 1}).
     normalize: answer -> comparison key, as in `majority_vote`.
 
   Returns:
-    [P] float64 in {0, 1}.
+    [Q] float64 in {0, 1}.
   """
   correct = np.asarray(correct)
   if correct.ndim != 2 or correct.shape[0] != len(answers):
-    raise ValueError(f"correct must be [P, n] with P = len(answers) = {len(answers)}, "
+    raise ValueError(f"correct must be [Q, E] with Q = len(answers) = {len(answers)}, "
                      f"got shape {correct.shape}.")
   out = np.zeros([len(answers)], np.float64)
   for p, row in enumerate(answers):
@@ -190,13 +190,13 @@ def summarize(num_correct: np.ndarray | Sequence[int], *, num_samples: int,
   `{prefix}/avg@{n}` and, when `maj` is given, `{prefix}/maj@{n}`.
 
   Args:
-    num_correct: [P] correct samples per problem.
+    num_correct: [Q] correct samples per problem.
     num_samples: n, the same for every problem.
-    maj: optional [P] maj@n per problem (from `maj_at_n`).
+    maj: optional [Q] maj@n per problem (from `maj_at_n`).
     prefix: metric name prefix.
 
   Returns:
-    {name: mean over the P problems}.
+    {name: mean over the Q problems}.
   """
   per_k = pass_at_ks(num_correct, num_samples=num_samples)
   metrics = {f"{prefix}/pass@{k}": float(v.mean()) for k, v in per_k.items()}

@@ -13,13 +13,13 @@ stacked [L, D, F] kernel is ONE chunk, so reading any box of it decodes all of
 it (measured with orbax 0.12.8: 30 reads of one layer each of a
 [30, 576, 1536] float32 chunk took 8.4 s, one read of all layers 0.26 s).
 RELEX therefore reads boxes that span all layers and lie inside one chunk
-(relex.plan_boxes). A chunk larger than a box (max_chunk_bytes / (8 (T + 2))
+(relex.plan_boxes). A chunk larger than a box (max_chunk_bytes / (8 (R + 2))
 elements in the Gram pass, max_chunk_bytes / 64 in the second) is decoded
 once per box inside it, so the host peak adds one decoded chunk and the Gram
-pass decodes each chunk ceil(chunk elements * 8 (T + 2) / max_chunk_bytes)
+pass decodes each chunk ceil(chunk elements * 8 (R + 2) / max_chunk_bytes)
 times. Checkpoints written with `storage_save_args` (chunks of at most 4 MiB,
 split along the non-layer axes; orbax restores them like any other) are
-decoded once per pass for T <= 126 at the default 1 GiB budget: the trainer
+decoded once per pass for R <= 126 at the default 1 GiB budget: the trainer
 should save `params` with it.
 
 Output: the extrapolated parameters as jax.Arrays with a chosen sharding
@@ -292,9 +292,9 @@ def extrapolate_params(
 
   Args:
     run: the opened checkpoints (base, window and reference steps).
-    weights: {tensor name: [L, T] float64 combination weights}.
+    weights: {tensor name: [L, R] float64 combination weights}.
     base_step: step of theta_0.
-    steps: the T window steps.
+    steps: the R window steps.
     dtype: a value of OUTPUT_DTYPES.
     shardings: {tensor name: output sharding}.
     max_chunk_bytes: bound on one box's working set.

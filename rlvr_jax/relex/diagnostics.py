@@ -6,7 +6,7 @@ lambda_1 / trace(G), the R^2 of each coefficient fit, the coefficient
 trajectories with their fitted lines and predicted values, and, for each
 target step that has a real checkpoint, the relative error
 ||theta* - theta_ref|| / ||theta_ref - theta_0|| next to the same number for
-simply stopping at the last observed step, ||theta_{s_T} - theta_ref|| /
+simply stopping at the last observed step, ||theta_{s_R} - theta_ref|| /
 ||theta_ref - theta_0||.
 
 Whole model, from (sum, denominator) pairs over tensors: energy fraction

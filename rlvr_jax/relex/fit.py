@@ -1,6 +1,6 @@
 """RELEX's fit of one tensor: top eigenpairs of its Gram and a line per component.
 
-METHODS.md section 4 steps 3-4, pure NumPy in float64 on a [T, T] Gram (the
+METHODS.md section 4 steps 3-4, pure NumPy in float64 on an [R, R] Gram (the
 Gram itself is accumulated by `relex.relex.accumulate_gram`):
 
   G u_r = lambda_r u_r, sigma_r = sqrt(lambda_r)    top r eigenpairs
@@ -36,18 +36,18 @@ def top_eigenpairs(gram: np.ndarray, *, rank: int
   the sign, the plotted coefficients do.
 
   Args:
-    gram: [T, T] float64, symmetric.
-    rank: r, 1 <= r <= T.
+    gram: [R, R] float64, symmetric.
+    rank: r, 1 <= r <= R.
 
   Returns:
-    (lambda [r] descending; u [T, r] orthonormal columns; all T eigenvalues
+    (lambda [Rk] descending; u [R, Rk] orthonormal columns; all R eigenvalues
      descending), eigenvalues clipped at 0.
   """
-  T = gram.shape[0]
-  if gram.shape != (T, T):
+  R = gram.shape[0]
+  if gram.shape != (R, R):
     raise ValueError(f"gram must be square, got shape {gram.shape}.")
-  if not 1 <= rank <= T:
-    raise ValueError(f"rank={rank} must be in [1, T={T}].")
+  if not 1 <= rank <= R:
+    raise ValueError(f"rank={rank} must be in [1, R={R}].")
   spectrum, eigenvectors = np.linalg.eigh(gram)
   spectrum = np.maximum(spectrum[::-1], 0.0)
   eigenvectors = eigenvectors[:, ::-1][:, :rank]
@@ -64,9 +64,9 @@ def fit_polynomial(steps: np.ndarray, values: np.ndarray, *, degree: int
   same line (or parabola) as on raw steps.
 
   Args:
-    steps: [T] true step numbers.
-    values: [T] coefficients c_t.
-    degree: 1 (linear) or 2 (quadratic); needs T > degree distinct steps.
+    steps: [R] true step numbers.
+    values: [R] coefficients c_t.
+    degree: 1 (linear) or 2 (quadratic); needs R > degree distinct steps.
 
   Returns:
     (p [degree + 1] lowest power first, m, residual sum of squares,
@@ -100,16 +100,16 @@ class TensorFit:
   """Spectrum and coefficient fits of one tensor (one layer slice).
 
   Attributes:
-    steps: [T] true step numbers of the window.
-    eigenvalues: [R] lambda_r of G, descending.
-    eigenvectors: [T, R] u_r.
-    spectrum: [T] all eigenvalues of G, descending.
-    trace: trace(G) = sum of all T eigenvalues (total energy).
-    active: [R] whether component r is used (lambda_r > rtol * trace).
+    steps: [R] true step numbers of the window.
+    eigenvalues: [Rk] lambda_r of G, descending.
+    eigenvectors: [R, Rk] u_r.
+    spectrum: [R] all eigenvalues of G, descending.
+    trace: trace(G) = sum of all R eigenvalues (total energy).
+    active: [Rk] whether component r is used (lambda_r > rtol * trace).
     center: m, the step mean the polynomials are centred at.
-    poly: [R, degree + 1] fitted p_k of c_r(s), lowest power first.
-    ss_res: [R] residual sum of squares of each fit.
-    ss_tot: [R] total sum of squares of each c_r around its mean.
+    poly: [Rk, degree + 1] fitted p_k of c_r(s), lowest power first.
+    ss_res: [Rk] residual sum of squares of each fit.
+    ss_tot: [Rk] total sum of squares of each c_r around its mean.
   """
 
   steps: np.ndarray
@@ -125,29 +125,29 @@ class TensorFit:
 
   @property
   def sigma(self) -> np.ndarray:
-    """[R] singular values sqrt(lambda_r)."""
+    """[Rk] singular values sqrt(lambda_r)."""
     return np.sqrt(self.eigenvalues)
 
   @property
   def coefficients(self) -> np.ndarray:
-    """[R, T] c_r = sigma_r u_r (zero rows for inactive components)."""
+    """[Rk, R] c_r = sigma_r u_r (zero rows for inactive components)."""
     return np.where(self.active[:, None],
                     self.sigma[:, None] * self.eigenvectors.T, 0.0)
 
   @property
   def r2(self) -> np.ndarray:
-    """[R] R^2 = 1 - ss_res / ss_tot of each fit; NaN when ss_tot = 0."""
+    """[Rk] R^2 = 1 - ss_res / ss_tot of each fit; NaN when ss_tot = 0."""
     with np.errstate(divide="ignore", invalid="ignore"):
       return np.where(self.ss_tot > 0, 1.0 - self.ss_res / self.ss_tot, np.nan)
 
   def predict_coefficients(self, target_step: float) -> np.ndarray:
-    """[R] c*_r = fitted c_r(s*); 0 for inactive components."""
+    """[Rk] c*_r = fitted c_r(s*); 0 for inactive components."""
     return np.array([
         evaluate_polynomial(p, self.center, target_step) if on else 0.0
         for p, on in zip(self.poly, self.active)])
 
   def weights(self, target_step: float) -> np.ndarray:
-    """[T] w = sum_r (c*_r / sigma_r) u_r, so theta* = theta_0 + D^T w."""
+    """[R] w = sum_r (c*_r / sigma_r) u_r, so theta* = theta_0 + D^T w."""
     sigma = np.where(self.active, self.sigma, 1.0)
     return self.eigenvectors @ (self.predict_coefficients(target_step) / sigma)
 
@@ -157,8 +157,8 @@ def fit_tensor(gram: np.ndarray, steps: Sequence[int], *, rank: int,
   """Top-r spectrum of G and a fitted trajectory per component (METHODS 4.3-4).
 
   Args:
-    gram: [T, T] float64 Gram of the tensor's deltas.
-    steps: [T] true step numbers of the rows of D.
+    gram: [R, R] float64 Gram of the tensor's deltas.
+    steps: [R] true step numbers of the rows of D.
     rank: r, components kept (flag `rank`).
     fit: a key of FITS (flag `fit`).
 

@@ -5,10 +5,10 @@ is `relex.fit`; the whole run (arguments, reading, saving, diagnostics) is
 `relex.pipeline`. This module streams the checkpoints through bounded boxes.
 
 For each parameter tensor n separately, with theta_0 the base checkpoint and
-theta_{s_1..s_T} the checkpoints of the observation window:
+theta_{s_1..s_R} the checkpoints of the observation window:
 
-  D_t   = vec(theta_{s_t}[n] - theta_0[n])          t = 1..T, fp32, uncentred
-  G     = D D^T                                     [T, T], float64
+  D_t   = vec(theta_{s_t}[n] - theta_0[n])          t = 1..R, fp32, uncentred
+  G     = D D^T                                     [R, R], float64
   G u_r = lambda_r u_r, sigma_r = sqrt(lambda_r)    top r eigenpairs
   c_r   = sigma_r u_r                               c_{r,t} = <D_t, v_r>,
                                                     v_r = D^T u_r / sigma_r
@@ -27,10 +27,10 @@ head has no parameter of its own: extrapolating the embedding extrapolates the
 head.
 
 Memory: G is accumulated over boxes (column chunks) of the tensor. For one box
-the T delta rows are read one checkpoint at a time into a [nl, T, C] float64
-buffer (nl layers of C elements each), so the working set is
-`gram_bytes_per_element(T) * box_elements <= max_chunk_bytes` and the
-T x numel matrix never exists. The second pass needs no T axis: it reads the
+the R delta rows are read one checkpoint at a time into a [nl, R, Nb] float64
+buffer (nl layers of Nb elements each), so the working set is
+`gram_bytes_per_element(R) * box_elements <= max_chunk_bytes` and the
+R x numel matrix never exists. The second pass needs no R axis: it reads the
 checkpoints of a box one at a time and adds w_t D_t into a float64 sum
 (COMBINE_BYTES_PER_ELEMENT per element). Boxes never cross a storage chunk of
 the checkpoint, so a reader that decodes whole storage chunks (tensorstore
@@ -39,7 +39,7 @@ stacked parameter is split last, so one storage chunk spanning all layers is
 read once per box, not once per layer.
 
 Everything here is host NumPy in float64: JAX float64 needs the global x64
-switch, and the Gram is a T x T reduction over the whole tensor that float32
+switch, and the Gram is an R x R reduction over the whole tensor that float32
 accumulation would blur.
 """
 
@@ -76,16 +76,16 @@ COMBINE_BYTES_PER_ELEMENT = 64
 
 
 def gram_bytes_per_element(num_steps: int) -> int:
-  """Host bytes per box element of the Gram pass, for a window of T steps.
+  """Host bytes per box element of the Gram pass, for a window of R steps.
 
-  The float64 delta buffer takes 8 T; the float32 base and one raw read with
+  The float64 delta buffer takes 8 R; the float32 base and one raw read with
   its float32 copy take at most 16 more.
 
   Args:
-    num_steps: T, checkpoints in the window.
+    num_steps: R, checkpoints in the window.
 
   Returns:
-    8 * (T + 2).
+    8 * (R + 2).
   """
   return 8 * (num_steps + 2)
 
@@ -177,7 +177,7 @@ def _layers_of(box: Box, stacked: bool) -> slice:
 
 def _read_rows(source: TensorSource, step: int, box: Box,
                stacked: bool) -> np.ndarray:
-  """Box of `step` as float32 [nl, C]: nl layers (1 if not stacked)."""
+  """Box of `step` as float32 [nl, Nb]: nl layers (1 if not stacked)."""
   values = np.asarray(source.read(step, box), dtype=np.float32)
   rows = values.shape[0] if stacked and values.ndim else 1
   return values.reshape(rows, -1)
@@ -195,13 +195,13 @@ def _read_deltas(
 
   Args:
     source: the parameter.
-    base: theta_0 of the box, float32 [nl, C].
-    steps: the T window steps.
+    base: theta_0 of the box, float32 [nl, Nb].
+    steps: the R window steps.
     box: the box.
     stacked: whether axis 0 is the layer axis.
 
   Returns:
-    [nl, T, C] float64; row t is the float32 difference theta_{s_t} - theta_0
+    [nl, R, Nb] float64; row t is the float32 difference theta_{s_t} - theta_0
     (METHODS.md 4 step 1), widened exactly.
   """
   deltas = np.empty((base.shape[0], len(steps), base.shape[1]), np.float64)
@@ -224,13 +224,13 @@ def accumulate_gram(
   Args:
     source: the parameter, [L, ...] if `stacked` else any shape.
     base_step: step of theta_0.
-    steps: the T window steps (rows of D, in this order).
+    steps: the R window steps (rows of D, in this order).
     stacked: whether axis 0 is the layer axis (one tensor per layer).
     max_chunk_bytes: bound on the box working set, see
       `gram_bytes_per_element`.
 
   Returns:
-    [L, T, T] float64 (L = 1 when not stacked).
+    [L, R, R] float64 (L = 1 when not stacked).
   """
   num_layers = source.shape[0] if stacked and source.shape else 1
   gram = np.zeros((num_layers, len(steps), len(steps)), np.float64)
@@ -266,8 +266,8 @@ def extrapolate_region(
   Args:
     source: the parameter.
     base_step: step of theta_0.
-    steps: the T window steps, in the order of the columns of `weights`.
-    weights: [L, T] float64, `TensorFit.weights` of each layer (L = 1 if not
+    steps: the R window steps, in the order of the columns of `weights`.
+    weights: [L, R] float64, `TensorFit.weights` of each layer (L = 1 if not
       stacked). A layer whose weights are all zero is theta_0 and its deltas
       are not read.
     stacked: whether axis 0 is the layer axis.
@@ -283,7 +283,7 @@ def extrapolate_region(
     (the region's values [region shape] in `out_dtype`,
      [L, 3] float64 sums over the region for the relative error against the
      reference: sum (theta* - theta_ref)^2, sum (theta_ref - theta_0)^2,
-     sum (theta_{s_T} - theta_ref)^2; zeros without a reference).
+     sum (theta_{s_R} - theta_ref)^2; zeros without a reference).
   """
   shape = tuple(source.shape)
   region = region if region is not None else tuple(slice(0, s) for s in shape)

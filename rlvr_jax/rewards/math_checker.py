@@ -435,10 +435,10 @@ class MathChecker:
     with a `crash` reason.
 
     Args:
-      calls: N pairs (fn, args).
+      calls: the (fn, args) pairs.
 
     Returns:
-      (scores, reasons): scores [N] float32; reasons, N entries.
+      (scores, reasons): float32 scores and reasons, one of each per call.
     """
     results: list[tuple[float, str | None] | None] = [None] * len(calls)
     queue = collections.deque(range(len(calls)))

@@ -74,20 +74,21 @@ def overlong_penalty(response_lengths: np.ndarray, *, max_response_len: int,
                      overlong_buffer: int) -> np.ndarray:
   """DAPO's soft overlong penalty, linear from 0 to -1 over the last tokens.
 
-  With L = max_response_len, C = overlong_buffer and l = response length:
+  With L_max = max_response_len, L_cache = overlong_buffer (DAPO's symbols)
+  and l = response length:
 
-    p(l) = 0                  if l <= L - C
-         = (L - C - l) / C    if L - C < l <= L
-         = -1                 if l > L
+    p(l) = 0                              if l <= L_max - L_cache
+         = (L_max - L_cache - l) / L_cache  if L_max - L_cache < l <= L_max
+         = -1                             if l > L_max
 
-  (METHODS.md section 1.5; DAPO eq. 13.) C = 0 disables the penalty. The
-  length counts the response tokens including EOS, i.e. the row sum of
-  `response_mask`; a response cut off at L tokens gets -1.
+  (METHODS.md section 1.5; DAPO eq. 13.) L_cache = 0 disables the penalty.
+  The length counts the response tokens including EOS, i.e. the row sum of
+  `response_mask`; a response cut off at L_max tokens gets -1.
 
   Args:
     response_lengths: [B] integer response lengths in tokens.
-    max_response_len: L, the configured maximum response length.
-    overlong_buffer: C, the number of final tokens over which the penalty
+    max_response_len: L_max, the configured maximum response length.
+    overlong_buffer: L_cache, the number of final tokens over which the penalty
       grows from 0 to -1.
 
   Returns:

@@ -1,6 +1,6 @@
 """SCRL rewards on the host: block parsing, per-block checks, token spans.
 
-A curriculum response answers K_i subproblems in blocks `<p1>...</p1>` ...
+A curriculum response answers J_i subproblems in blocks `<p1>...</p1>` ...
 `<pK>...</pK>` (METHODS.md 3). This module turns the decoded responses of a
 rollout batch into the arrays `algorithms.scrl` consumes:
 
@@ -48,7 +48,7 @@ class ParsedBlocks:
   """The blocks of one curriculum response.
 
   Attributes:
-    answers: the last boxed answer of each block, K_i strings; empty when
+    answers: the last boxed answer of each block, J_i strings; empty when
       the response is malformed.
     spans: [start, end) character span of each block, `<pj>` through
       `</pj>`; empty when the response is malformed.
@@ -71,7 +71,7 @@ def _malformed(category: str, detail: str) -> ParsedBlocks:
 
 
 def parse_blocks(text: str, *, k: int) -> ParsedBlocks:
-  """Splits a curriculum response into its K blocks (module docstring, 1).
+  """Splits a curriculum response into its J blocks (module docstring, 1).
 
   Errors are reported in the order of `MALFORMED`: a tag numbered outside
   1..k, with a leading zero (`<p01>`) or repeated ('extra block'); an opening tag with no closing tag
@@ -82,7 +82,7 @@ def parse_blocks(text: str, *, k: int) -> ParsedBlocks:
 
   Args:
     text: the decoded response.
-    k: K_i, the number of blocks the prompt asked for.
+    k: J_i, the number of blocks the prompt asked for.
 
   Returns:
     The parsed blocks.
@@ -136,11 +136,11 @@ def block_rewards(
 
   Args:
     parsed: the response's blocks.
-    ground_truths: K_i ground truths, one per subproblem.
+    ground_truths: J_i ground truths, one per subproblem.
     check: `check(pred, gold) -> float`, the trainer's answer checker.
 
   Returns:
-    [K_i] float32 of 0/1; all zeros when `parsed` is malformed.
+    [J_i] float32 of 0/1; all zeros when `parsed` is malformed.
   """
   r = np.zeros(len(ground_truths), np.float32)
   if parsed.error is None:
@@ -158,10 +158,10 @@ def prefix_rule(r: np.ndarray) -> np.ndarray:
   """R(j) = r(j) up to the first unsolved block, 0 from there on.
 
   Args:
-    r: [..., K] 0/1 per-block rewards.
+    r: [..., J] 0/1 per-block rewards.
 
   Returns:
-    [..., K] float32: the cumulative product along the last axis.
+    [..., J] float32: the cumulative product along the last axis.
   """
   solved = np.asarray(r, np.float32) >= 1.0
   return np.cumprod(solved, axis=-1).astype(np.float32)
@@ -237,7 +237,7 @@ def span_index(
     length: the padded response length (>= T).
 
   Returns:
-    [length] int32: j in 0..K_i-1, or -1 outside every block and on padding.
+    [length] int32: j in 0..J_i-1, or -1 outside every block and on padding.
   """
   T = starts.shape[0]
   if ends.shape != (T,) or length < T:
@@ -258,8 +258,8 @@ class CurriculumScores:
   """Host-side SCRL results for the curriculum rows of a batch.
 
   Attributes:
-    raw: [B, K] float32 r before the prefix rule, 0 on positions j >= K_i.
-    rewards: [B, K] float32 R after the prefix rule.
+    raw: [B, J] float32 r before the prefix rule, 0 on positions j >= J_i.
+    rewards: [B, J] float32 R after the prefix rule.
     malformed: [B] bool.
     errors: B entries, the reason a row is malformed or None.
     span_index: [B, T] int32 block index per token, -1 outside blocks, on
@@ -290,7 +290,7 @@ def score_curriculum(
     token_ids: [B, T] response tokens, right-padded.
     response_mask: [B, T] m, 1 on generated tokens (a prefix of each row).
     ground_truths: B lists, row b's K_b <= k subproblem ground truths.
-    k: K, the padded number of positions.
+    k: J, the padded number of positions.
     decode: ids -> text (see `token_char_offsets`).
     check: `check(pred, gold) -> float`, the trainer's answer checker.
 

@@ -1,25 +1,25 @@
 """SCRL subproblem chains written by an LLM, validated (METHODS.md 3).
 
 For data with neither a procedural rule nor calculator annotations
-(`data.subproblems`), `experiments.make_subproblems` asks a model for K
+(`data.subproblems`), `experiments.make_subproblems` asks a model for J
 progressive subproblems. The parts of that tool:
 
 1. `request_message`: the user message. It gives the problem, its answer and
-   its reference solution (when the record has one) and asks for exactly K
+   its reference solution (when the record has one) and asks for exactly J
    subproblems, easy to hard, the last being the problem itself, as a JSON
    array of `{"statement": ..., "ground_truth": ...}` objects and nothing else.
 2. `parse_reply`: the validation. A reply is kept when
    - it holds a JSON array of objects: the first `[` from which a JSON value
      decodes to a non-empty list of objects (so a fenced ```json block, text
      around the array and arrays inside statements before it are all fine);
-   - the array has exactly K items (**(decision)** no repair of a wrong
+   - the array has exactly J items (**(decision)** no repair of a wrong
      count: a shorter or longer chain is not the progression that was asked
      for);
-   - items 1..K-1 each have a non-empty text `statement` and a
+   - items 1..J-1 each have a non-empty text `statement` and a
      `ground_truth` that is non-empty text or a JSON number (written as
      JSON writes it), and every such ground truth parses (`parses`, e.g.
      `math_verify_parses`, or `number_parses` for plain numbers only).
-   Item K is then replaced by the record's own problem and answer, whatever
+   Item J is then replaced by the record's own problem and answer, whatever
    the model wrote there. Anything else raises `RejectedReply` with a reason
    from `REJECTIONS`. Note that math-verify reads almost any text (words
    become products of symbols), so `math_verify_parses` mainly rejects
@@ -38,7 +38,7 @@ progressive subproblems. The parts of that tool:
    loses at most the batch in flight (a torn last line is cut off and that
    item asked again). A kept record has the layout of
    `subproblems.with_subproblems`:
-   `{..., 'subproblems': [K items], 'reference_solution': str | None}`.
+   `{..., 'subproblems': [J items], 'reference_solution': str | None}`.
    A dropped line is `{'id', 'problem', 'reason', 'detail', 'reply'}`.
    **(decision)** A `Failure` with `retry=True` (a network error, a server
    error after the retries) is counted but written nowhere, so the next run
@@ -131,18 +131,18 @@ def reference_solution(record: Record) -> str | None:
 
 
 def request_message(record: Record, *, k: int) -> str:
-  """The user message asking for K progressive subproblems as JSON.
+  """The user message asking for J progressive subproblems as JSON.
 
   Args:
     record: a record with `problem`, `answer` and optionally a reference
       solution (`reference_solution`).
-    k: K >= 2, the chain length.
+    k: J >= 2, the chain length.
 
   Returns:
     The message text.
   """
   if k < 2:
-    raise ValueError(f"k={k}: must be >= 2 (K = 1 is the problem alone)")
+    raise ValueError(f"k={k}: must be >= 2 (J = 1 is the problem alone)")
   reference = reference_solution(record)
   solution = ""
   if reference:
@@ -196,12 +196,12 @@ def parse_reply(
 
   Args:
     reply: the model's reply text.
-    record: the record asked about (its problem and answer become item K).
-    k: K, the number of subproblems asked for.
+    record: the record asked about (its problem and answer become item J).
+    k: J, the number of subproblems asked for.
     parses: ground truths -> whether each parses.
 
   Returns:
-    K items `{'statement', 'ground_truth'}`; item K is the record's problem
+    J items `{'statement', 'ground_truth'}`; item J is the record's problem
     and answer.
 
   Raises:
@@ -570,7 +570,7 @@ def build_chains(
     records: input records (`problem`, `answer`, optional `id` and reference
       solution).
     backend: messages -> replies.
-    k: K >= 2.
+    k: J >= 2.
     parses: ground truths -> whether each parses.
     output: the kept records' JSONL; the dropped items go to
       `companion_paths(output)[0]`.
@@ -657,7 +657,7 @@ def run_file(*, input_path: str, output: str, columns: str, k: int,
     input_path: JSONL or parquet input.
     output: the kept records' JSONL (resumed when it exists).
     columns: column mapping for `files.load_records`; '' = `DEFAULT_COLUMNS`.
-    k: K >= 2.
+    k: J >= 2.
     backend: messages -> replies.
     parses: ground truths -> whether each parses.
     batch_size: messages per backend call.
@@ -669,7 +669,7 @@ def run_file(*, input_path: str, output: str, columns: str, k: int,
     `companion_paths(output)[1]`.
   """
   if k < 2:
-    raise ValueError(f"k={k}: must be >= 2 (K = 1 is the problem alone)")
+    raise ValueError(f"k={k}: must be >= 2 (J = 1 is the problem alone)")
   if limit < 0:
     raise ValueError(f"limit={limit}: must be >= 0")
   loaded = files.load_records(input_path, columns=columns or DEFAULT_COLUMNS)
