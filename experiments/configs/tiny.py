@@ -82,4 +82,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.algo.advantage = "scrl"  # SCRL's per-block rewards and span advantages.
     c.reward.fn = ""  # SCRL scores its own blocks.
     c.reward.channel_weights = ""
+    c.rl.max_prompt_len = 192  # Curriculum prompts: the problem and its chain (~130 tokens).
   return c
