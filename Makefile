@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TPU_VENV ?= .venv-tpu
 WORKDIR ?= runs/default
 
-.PHONY: setup run test clean
+.PHONY: setup setup-tpu run test clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,8 @@ $(VENV)/.installed: setup.py
 
 run: setup
 	$(PY) -m experiments.train --workdir=$(WORKDIR)
+
+setup-tpu: $(TPU_VENV)/.installed
 
 $(TPU_VENV)/.installed: $(VENV)/.installed
 	$(PYTHON) -m venv $(TPU_VENV)

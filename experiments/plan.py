@@ -7,7 +7,7 @@ r"""Compiles a run's programs for a TPU slice from this host: does it fit?
       --config=experiments/configs/default.py --config.model.dtype=bfloat16
 
 Needs libtpu (`pip install "jax[tpu]==<the installed jax version>"`, best in
-its own venv: `make .venv-tpu`); no TPU and no weights. For each of the
+its own venv: `make setup-tpu`); no TPU and no weights. For each of the
 trainer's programs (the sampler's generate, the statistics pass, DelTA, the
 update step) it prints per-device argument / output / temp / total bytes
 against the chip's HBM, FLOPs and a verdict; for a program that does not fit,

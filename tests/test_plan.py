@@ -1,7 +1,7 @@
 """The TPU planner (experiments/plan.py) compiles the trainer's programs.
 
 It runs in a subprocess with the interpreter of `.venv-tpu` (the project's
-venv + libtpu, `make .venv-tpu`), so the CPU tests' JAX never loads libtpu.
+venv + libtpu, `make setup-tpu`), so the CPU tests' JAX never loads libtpu.
 Skipped only when that venv does not exist.
 """
 
@@ -19,7 +19,7 @@ _GIB = 1024 ** 3
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists(_TPU_PYTHON),
-    reason=f"{_TPU_PYTHON} missing (make .venv-tpu installs libtpu there)")
+    reason=f"{_TPU_PYTHON} missing (make setup-tpu installs libtpu there)")
 
 
 def _plan(*flags: str) -> dict:
