@@ -29,7 +29,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from rlvr_jax.data import llm_subproblems
+from rlvr_jax.tools import llm_subproblems
 from rlvr_jax.rewards import math_checker
 
 _INPUT = flags.DEFINE_string("input", None, "JSONL or parquet input file.")

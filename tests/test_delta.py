@@ -12,7 +12,7 @@ from matplotlib import image
 from scipy import special
 
 from rlvr_jax.algorithms import delta
-from rlvr_jax.algorithms import delta_report
+from rlvr_jax.training import delta_report
 
 pytestmark = pytest.mark.usefixtures("strict_rank")
 

@@ -21,7 +21,7 @@ from rlvr_jax.models import loader
 from rlvr_jax.rewards import answers
 from rlvr_jax.rewards import math_checker
 from rlvr_jax.rewards import scorers
-from rlvr_jax.training import checkpoints
+from rlvr_jax import checkpoints
 from rlvr_jax.training import loop
 
 _FILE_ROWS = [

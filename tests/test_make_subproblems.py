@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from rlvr_jax.data import files
-from rlvr_jax.data import llm_subproblems
+from rlvr_jax.tools import llm_subproblems
 from rlvr_jax.data import scrl_prompts
 from rlvr_jax.rewards import math_checker
 

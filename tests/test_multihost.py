@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 from rlvr_jax import sharding
-from rlvr_jax.training import checkpoints
+from rlvr_jax import checkpoints
 from rlvr_jax.training import metrics as metrics_lib
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

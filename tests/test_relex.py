@@ -27,7 +27,7 @@ from rlvr_jax.relex import diagnostics
 from rlvr_jax.relex import fit as fit_lib
 from rlvr_jax.relex import pipeline
 from rlvr_jax.relex import relex
-from rlvr_jax.training import checkpoints as train_checkpoints
+from rlvr_jax import checkpoints as train_checkpoints
 
 _TINY = config_lib.ModelConfig(
     vocab_size=16, hidden_size=8, intermediate_size=12, num_layers=2,

@@ -9,7 +9,7 @@ import pytest
 
 from experiments.configs import tiny
 from rlvr_jax.relex import pipeline as relex_pipeline
-from rlvr_jax.training import checkpoints
+from rlvr_jax import checkpoints
 from rlvr_jax.training import config_checks
 from rlvr_jax.training import loop
 

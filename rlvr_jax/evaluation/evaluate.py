@@ -69,7 +69,7 @@ from rlvr_jax.rewards import answers
 from rlvr_jax.rewards import math_checker
 from rlvr_jax.rewards import scorers
 from rlvr_jax.sampling import sampler as sampler_lib
-from rlvr_jax.training import checkpoints
+from rlvr_jax import checkpoints
 
 Record = dict[str, Any]
 

@@ -43,7 +43,7 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 
 from rlvr_jax.relex import relex
-from rlvr_jax.training.checkpoints import storage_save_args
+from rlvr_jax.checkpoints import storage_save_args
 
 # Output dtypes of the `dtype` flag; 'same' keeps each tensor's stored dtype.
 OUTPUT_DTYPES = ("same", "float32", "bfloat16", "float16")

@@ -43,7 +43,7 @@ from rlvr_jax.models import loader
 from rlvr_jax.rewards import math_checker
 from rlvr_jax.rewards import scorers
 from rlvr_jax.sampling import sampler as sampler_lib
-from rlvr_jax.training import checkpoints
+from rlvr_jax import checkpoints
 from rlvr_jax.training import config_checks
 from rlvr_jax.training import credit as credit_lib
 from rlvr_jax.training import metrics as metrics_lib
@@ -279,7 +279,7 @@ class Trainer:
             for i in range(self.config.rl.mini_batches)]
 
   def _delta_report(self, step: int, coef: jax.Array, gbatch: dict[str, jax.Array]) -> None:
-    from rlvr_jax.algorithms import delta_report  # pylint: disable=g-import-not-at-top
+    from rlvr_jax.training import delta_report  # pylint: disable=g-import-not-at-top
     coef, mask, adv, tokens = (_host(x) for x in (
         coef, gbatch["response_mask"], gbatch["advantages"], gbatch["tokens"]))
     if not self.is_main:
