@@ -14,11 +14,14 @@ import pytest
 from flax import nnx
 from scipy import special
 
+from experiments.configs import tiny
+from rlvr_jax import checkpoints
 from rlvr_jax import sharding
 from rlvr_jax.models import config as config_lib
 from rlvr_jax.models import decoder as decoder_lib
 from rlvr_jax.models import logprobs as logprobs_lib
 from rlvr_jax.models import shared_prompt
+from rlvr_jax.training import loop
 from rlvr_jax.training import step as step_lib
 from test_delta import _reference as delta_reference
 
@@ -33,31 +36,30 @@ _ARCHS = {
 _P, _T, _N = 20, 6, 8  # prompt slots, response slots, batch-wide prefix
 
 
-def _batch(*, groups, group_size, prefix, seed=0):
+def _batch(*, groups, group_size, prefix, seed=0, aligned=True):
   """A rollout batch laid out as the sampler lays it out.
 
-  Each group's prompt: the batch-wide prefix (when `prefix`) in the first _N
-  slots, then its own tokens left-padded to _P (3 to 12 real tokens, so the
-  groups' prompt lengths differ); each row's response has 1 to _T real tokens.
+  Each group's prompt: the batch-wide prefix of _N tokens (when `prefix`)
+  then 3 to 12 tokens of its own (so the groups' prompt lengths differ),
+  left-padded to _P; `aligned` puts the prefix in the first _N slots (the
+  layout of `shared_prompt.align_prefix`), else the whole prompt is
+  right-aligned (the sampler's output). Each response has 1 to _T real tokens.
   """
   rng = np.random.default_rng(seed)
   b = groups * group_size
   tokens = rng.integers(0, _BASE.vocab_size, (b, _P + _T)).astype(np.int32)
   mask = np.ones((b, _P + _T), bool)
-  head = rng.integers(0, _BASE.vocab_size, _N)
+  tokens[:, :_P], mask[:, :_P] = 2, False  # the pad id
+  head = rng.integers(0, _BASE.vocab_size, _N if prefix else 0)
   for u in range(groups):
-    start = _N if prefix else 0
-    own = rng.integers(0, _BASE.vocab_size, _P - start)
-    real = rng.integers(3, 13)
+    own = rng.integers(0, _BASE.vocab_size, rng.integers(3, 13))
     rows = slice(u * group_size, (u + 1) * group_size)
-    tokens[rows, start:_P] = own
-    mask[rows, start:_P - real] = False
-    tokens[rows, start:_P - real] = 2  # the pad id
-    if prefix:
-      tokens[rows, :_N] = head
-    else:  # no batch-wide prefix: the first slots are padding in some groups
-      mask[rows, :_P - real] = False
-      tokens[rows, :_P - real] = 2
+    if aligned:
+      tokens[rows, :len(head)], mask[rows, :len(head)] = head, True
+      tokens[rows, _P - len(own):_P], mask[rows, _P - len(own):_P] = own, True
+    else:
+      real = np.concatenate([head, own])
+      tokens[rows, _P - len(real):_P], mask[rows, _P - len(real):_P] = real, True
   length = rng.integers(1, _T + 1, b)
   response_mask = (np.arange(_T)[None] < length[:, None]).astype(np.float32)
   mask[:, _P:] = response_mask > 0
@@ -98,6 +100,25 @@ def test_prompt_sharing_by_hand():
                                       batch_prefix=False).prefix_len == 0
   with pytest.raises(ValueError, match="group_size=3"):
     shared_prompt.prompt_sharing(tokens, mask, prompt_len=p, group_size=3)
+
+
+def test_align_prefix_by_hand_and_on_a_batch():
+  # P = 12; both rows begin with the 8 real tokens 1..8; row 0 has 2 pad
+  # slots, row 1 none. Row 0's prefix moves to slots 0..7, its pads to 8..9.
+  tokens = np.array([[0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 4],
+                     [1, 2, 3, 4, 5, 6, 7, 8, 5, 5, 5, 5, 4]])
+  mask = np.array([[0, 0] + [1] * 11, [1] * 13], bool)
+  new_tokens, new_mask = shared_prompt.align_prefix(tokens, mask, prompt_len=12)
+  np.testing.assert_array_equal(new_tokens[0], [1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 9, 9, 4])
+  np.testing.assert_array_equal(new_mask[0], [1] * 8 + [0, 0] + [1] * 3)
+  np.testing.assert_array_equal(new_tokens[1], tokens[1])
+  np.testing.assert_array_equal(new_mask[1], mask[1])
+  plain = _batch(groups=3, group_size=2, prefix=True, aligned=False)
+  aligned = _batch(groups=3, group_size=2, prefix=True, aligned=True)
+  got = shared_prompt.align_prefix(plain["tokens"], plain["input_mask"], prompt_len=_P)
+  np.testing.assert_array_equal(got[1], aligned["input_mask"])
+  np.testing.assert_array_equal(np.where(got[1], got[0], -1),
+                                np.where(aligned["input_mask"], aligned["tokens"], -1))
 
 
 def test_split_micro_batches_keeps_blocks_whole():
@@ -222,10 +243,18 @@ def _oracle_logp_entropy(model, batch):
 
 @pytest.mark.parametrize("mesh_shape", [None, (1, 4, 2)])
 def test_rollout_stats_with_delta_equal_unshared_and_oracle(mesh_shape):
-  """Old log-probs, entropies and DelTA's c~ and A c~ from one jitted stats pass."""
-  batch = _batch(groups=4, group_size=4, prefix=True, seed=5)
-  sharing = shared_prompt.prompt_sharing(batch["tokens"], batch["input_mask"], prompt_len=_P,
-                                         group_size=4)
+  """Old log-probs, entropies and DelTA's c~ and A c~ from one jitted stats pass.
+
+  Today's path runs the sampler's plainly left-padded rows; the shared one
+  the same rows after `align_prefix`, groups and batch prefix shared.
+  """
+  batch = _batch(groups=4, group_size=4, prefix=True, seed=5, aligned=False)
+  aligned = dict(batch)
+  aligned["tokens"], aligned["input_mask"] = shared_prompt.align_prefix(
+      batch["tokens"], batch["input_mask"], prompt_len=_P)
+  sharing = shared_prompt.prompt_sharing(aligned["tokens"], aligned["input_mask"],
+                                         prompt_len=_P, group_size=4)
+  assert sharing == (4, _N)
   model = decoder_lib.create_model(_ARCHS["qwen2"], seed=2)
   oracle_logp, oracle_entropy, oracle_hidden = _oracle_logp_entropy(model, batch)
   mesh = None if mesh_shape is None else sharding.make_mesh(*mesh_shape)
@@ -238,13 +267,13 @@ def test_rollout_stats_with_delta_equal_unshared_and_oracle(mesh_shape):
                                   delta=delta)
   if mesh is None:
     want = fn(params, rest, batch, None)
-    got = fn(params, rest, batch, None, sharing=sharing)
+    got = fn(params, rest, aligned, None, sharing=sharing)
   else:
     with sharding.use_mesh(mesh):
-      sharded = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim))
-                 for k, v in batch.items()}
-      want = fn(params, rest, sharded, None)
-      got = fn(params, rest, sharded, None, sharing=sharing)
+      put = lambda d: {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim))
+                       for k, v in d.items()}
+      want = fn(params, rest, put(batch), None)
+      got = fn(params, rest, put(aligned), None, sharing=sharing)
   assert "hidden" not in got
   m = batch["response_mask"] > 0
   for out in (want, got):
@@ -258,3 +287,37 @@ def test_rollout_stats_with_delta_equal_unshared_and_oracle(mesh_shape):
   _assert_close(got["advantages"], batch["advantages"] * coef, rtol=1e-4)
   for key, value in metrics.items():
     np.testing.assert_allclose(got["delta_metrics"][key], value, rtol=1e-4, atol=1e-6)
+
+
+def _train_tiny(workdir, shared):
+  c = tiny.get_config()  # chat template: every prompt begins with the system turn
+  c.rl.steps = 1
+  c.data.eval_size = 8
+  c.train.eval_before = c.train.eval_after = c.train.tensorboard = False
+  c.train.shared_prompt = shared
+  trainer = loop.Trainer(c, workdir)
+  try:
+    trainer.run()
+  finally:
+    trainer.close()
+  return trainer
+
+
+def test_trainer_shared_prompt_equals_unshared(tmp_path):
+  """One tiny-config step (2 mini-batches x 2 micro-batches) gives the same params.
+
+  The trainer keeps one state: its model object holds only shapes (the
+  sampler and the optimizer ran from the trainer's params).
+  """
+  trainers = [_train_tiny(str(tmp_path / str(shared)), shared) for shared in (False, True)]
+  base = checkpoints.restore_params(str(tmp_path / "False"), 0)
+  want = checkpoints.restore_params(str(tmp_path / "False"), 1)
+  got = checkpoints.restore_params(str(tmp_path / "True"), 1)
+  moved = max(float(np.abs(x - y).max()) for x, y in zip(jax.tree.leaves(want),
+                                                         jax.tree.leaves(base)))
+  assert moved > 1e-5  # the run really trained (two AdamW steps in the warm-up)
+  jax.tree.map(lambda x, y, b: np.testing.assert_allclose(x - b, y - b, atol=1e-3 * moved),
+               got, want, base)
+  for trainer in trainers:
+    leaves = jax.tree.leaves(nnx.state(trainer.model, nnx.Param))
+    assert leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)

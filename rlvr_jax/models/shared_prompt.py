@@ -20,7 +20,8 @@ the same up to float reassociation, and the gradient of a repeated K/V is the
 sum over the rows it was repeated to, by construction of `jnp.repeat`.
 
 `prompt_sharing` finds, on the host, the block size and the batch-wide prefix
-for which this is exact.
+for which this is exact; `align_prefix` first moves the batch-wide prefix of
+plainly left-padded rows (the sampler's output) into the first slots.
 """
 
 from __future__ import annotations
@@ -102,6 +103,47 @@ def prompt_sharing(tokens: np.ndarray, input_mask: np.ndarray, *, prompt_len: in
     n = head if same.all() else int(np.argmin(same))
     prefix_len = n - n % PREFIX_MULTIPLE
   return Sharing(share, prefix_len)
+
+
+def align_prefix(tokens: np.ndarray, input_mask: np.ndarray, *, prompt_len: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """Moves the real prompt tokens that every row begins with into the first slots.
+
+  The sampler returns plainly left-padded rows, so a preamble shared by all
+  prompts (the few-shot example, the system turn) sits at a different column
+  in prompts of different lengths. Here each row's first n real prompt
+  tokens go to slots [0, n) and the rest stays right-aligned at P (the
+  sampler's own prefill layout), n the longest common start of the real
+  prompt tokens before slot P - 1, rounded down to PREFIX_MULTIPLE. Each real
+  token keeps its position (cumsum of the mask) and sees the same real keys
+  before it, so every statistic of the real tokens is unchanged; only pad
+  slots move.
+
+  Args:
+    tokens: [B, S] token ids, prompt left-padded to P.
+    input_mask: [B, S] bool real tokens.
+    prompt_len: P.
+
+  Returns:
+    (tokens, input_mask) [B, S], new arrays; the response slots unchanged.
+  """
+  tokens, input_mask = np.array(tokens), np.array(input_mask, bool)
+  p = prompt_len
+  reals = [row[keep] for row, keep in zip(tokens[:, :p], input_mask[:, :p])]
+  limit = min(len(r) for r in reals) - 1
+  n = 0
+  while n < limit and all(r[n] == reals[0][n] for r in reals):
+    n += 1
+  n -= n % PREFIX_MULTIPLE
+  if n == 0:
+    return tokens, input_mask
+  for i, real in enumerate(reals):
+    pad = tokens[i, :p][~input_mask[i, :p]]
+    fill = pad[0] if len(pad) else 0
+    tokens[i, :p], input_mask[i, :p] = fill, False
+    tokens[i, :n], input_mask[i, :n] = real[:n], True
+    tokens[i, p - len(real) + n:p], input_mask[i, p - len(real) + n:p] = real[n:], True
+  return tokens, input_mask
 
 
 class _Segment(NamedTuple):
