@@ -1,9 +1,9 @@
 r"""DelTA update step vs the same GRPO update step (METHODS.md 2 target: <= 1.10x).
 
 Both steps are the trainer's own: the old-statistics forward pass
-(`step.rollout_stats`), then for DelTA the coefficients from the hidden states
-of that same pass (`delta.delta_coefficients`) and A <- A * c~, then one
-optimizer update (`step.update_step`). Same batch, same model, same compiled
+(`step.rollout_stats`; for DelTA the same jitted pass also computes the
+coefficients from its hidden states and returns A * c~), then one optimizer
+update (`step.update_step`). Same batch, same model, same compiled
 update; the only difference is DelTA's work. Two sizes: the tiny config and
 SmolLM2-135M.
 
@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rlvr_jax.algorithms import delta as delta_lib
 from rlvr_jax.models import loader
 from rlvr_jax.training import step as step_lib
 
@@ -49,8 +48,9 @@ def measure(source: str, *, b: int, p: int, t: int, group: int, micro: int,
                                     num_micro=micro, loss_config=loss_config, donate=False)
   stats_plain = step_lib.jit_rollout_stats(graphdef, prompt_len=p, num_micro=micro,
                                            loss_config=loss_config, with_hidden=False)
-  stats_hidden = step_lib.jit_rollout_stats(graphdef, prompt_len=p, num_micro=micro,
-                                            loss_config=loss_config, with_hidden=True)
+  stats_delta = step_lib.jit_rollout_stats(
+      graphdef, prompt_len=p, num_micro=micro, loss_config=loss_config, with_hidden=False,
+      delta=step_lib.DeltaConfig(k=1, lam_min=0.8, lam_max=1.2))
   batch = _batch(b, p, t, group, config.vocab_size)
 
   def grpo_step():
@@ -59,11 +59,8 @@ def measure(source: str, *, b: int, p: int, t: int, group: int, micro: int,
     return update(params, rest, opt_state, mini)[2]["policy/loss"]
 
   def delta_step():
-    stats = stats_hidden(params, rest, batch, None)
-    coef, _ = delta_lib.delta_coefficients(
-        stats["hidden"], jnp.exp(stats["old_logp"]), batch["advantages"],
-        batch["response_mask"], k=1, lam_min=0.8, lam_max=1.2)
-    mini = {**batch, "old_logp": stats["old_logp"], "advantages": batch["advantages"] * coef}
+    stats = stats_delta(params, rest, batch, None)
+    mini = {**batch, "old_logp": stats["old_logp"], "advantages": stats["advantages"]}
     return update(params, rest, opt_state, mini)[2]["policy/loss"]
 
   times = {}

@@ -39,6 +39,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from rlvr_jax import checkpoints
 from rlvr_jax.evaluation import evaluate
 from rlvr_jax.evaluation import heldout
 from rlvr_jax.relex import pipeline as relex_pipeline
@@ -107,7 +108,8 @@ def _passk(trainer: loop.Trainer, num_samples: int, num_problems: int,
   key = jax.random.key(seed)
   generate = lambda prompts, b: trainer.eval_sampler.generate(
       prompts, key=jax.random.fold_in(key, b), temperature=1.0,
-      stop_strings=tuple(c.rl.stop_strings), num_samples=num_samples)
+      stop_strings=tuple(c.rl.stop_strings), num_samples=num_samples,
+      params=trainer.params)
   result = evaluate.evaluate_benchmark(
       bench, generate=generate, render=trainer.render, reward_fn=trainer.eval_reward_fn,
       num_samples=num_samples, batch_size=max(1, c.train.eval_batch_size // num_samples))
@@ -172,7 +174,8 @@ def _relex(trainer: loop.Trainer, run_dir: str, seed: int, grpo_seconds: float,
   diag = relex_pipeline.run(run_dir=run_dir, window=window, target_steps=[c.rl.steps],
                             output_dir=out_dir)
   relex_seconds = time.perf_counter() - start
-  evaluate.restore_into(trainer.model, os.path.join(out_dir, "checkpoints"), c.rl.steps)
+  trainer.params = checkpoints.restore_params(os.path.join(out_dir, "checkpoints"),
+                                              c.rl.steps, target=trainer.params)
   result = trainer.evaluate("relex")
   with open(os.path.join(run_dir, "eval_before.json")) as f:
     before = np.asarray(json.load(f)["correct"], np.float32)

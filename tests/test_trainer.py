@@ -146,8 +146,12 @@ def test_update_groups_must_split_into_micro_batches():
   c = tiny.get_config()  # 4 prompts x 4 = 2 mini-batches of 8 rows
   c.rl.micro_batches = 4
   config_checks.validate(c)
-  c.rl.update_groups = 1  # 2 mini-batches of 2 rows
-  with pytest.raises(ValueError, match=r"--config\.rl\.micro_batches=4"):
+  c.rl.update_groups = 1  # mini-batches hold whole groups: 1 group, not 2 mini-batches
+  with pytest.raises(ValueError, match=r"--config\.rl\.mini_batches=2"):
+    config_checks.validate(c)
+  c.rl.update_groups, c.rl.mini_batches = 2, 2  # 2 mini-batches of 4 rows
+  c.rl.micro_batches = 8
+  with pytest.raises(ValueError, match=r"--config\.rl\.micro_batches=8"):
     config_checks.validate(c)
 
 

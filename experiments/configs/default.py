@@ -116,7 +116,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # k1 | k2 | k3; k3 is straight-through: value k3, gradient of k2 (the
   # correct gradient of KL(pi||pi_ref) on-policy; METHODS 1.4).
   c.algo.kl_estimator = "k3"
-  c.algo.delta = False  # DelTA token coefficients (METHODS 2).
+  # DelTA token coefficients (METHODS 2), computed inside the jitted
+  # statistics pass; they take the old log-probs (and hidden states) of that
+  # recomputation pass, whatever train.old_logp says.
+  c.algo.delta = False
   c.algo.delta_k = 1  # K: DelTA refinement iterations.
   c.algo.delta_lam_min = 0.8  # lambda_min: DelTA's lower coefficient bound.
   c.algo.delta_lam_max = 1.2  # lambda_max: DelTA's upper coefficient bound.
@@ -163,6 +166,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # policy, so equal to float tolerance; saves a forward pass on CPU).
   c.train.old_logp = "sampler"
   c.train.tensorboard = True  # Also write TensorBoard events.
+  # Statistics pass and update compute each group's prompt once (and the
+  # prefix every prompt begins with once per batch), K/V repeated to the
+  # group's rows: exact, checked per batch on the host (blocks of rows with
+  # different prompts fall back to smaller blocks or to every row computing
+  # its prompt). Micro-batches then hold whole groups. False = every row.
+  c.train.shared_prompt = True
   c.train.delta_report_steps = ()  # Steps that save a DelTA histogram/report.
 
   # -- Reward channels and the reward-side methods (METHODS 6, issue 16). --

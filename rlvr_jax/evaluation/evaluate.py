@@ -705,7 +705,7 @@ def heldout_reward_fn(config: ml_collections.ConfigDict,
 def evaluate_heldout(config: ml_collections.ConfigDict, *, sampler: sampler_lib.Sampler,
                      tokenizer: Any, sources: data_iterator.Sources,
                      reward_fn: scorers.RewardFunction, desc: str = "eval",
-                     show_progress: bool = True) -> BenchmarkResult:
+                     show_progress: bool = True, params: Any = None) -> BenchmarkResult:
   """Greedy (n = 1) evaluation of the sampler's model on the config's held-out set.
 
   The one held-out evaluation: the trainer's `evaluate`, `experiments.evaluate`
@@ -720,6 +720,8 @@ def evaluate_heldout(config: ml_collections.ConfigDict, *, sampler: sampler_lib.
     reward_fn: `heldout_reward_fn(config, pool)` (or the trainer's, alike).
     desc: progress bar label.
     show_progress: show a progress bar.
+    params: parameters to sample from (the trainer's state), or None for the
+      sampler's model's own.
 
   Returns:
     The BenchmarkResult of the HELDOUT benchmark, one greedy sample per problem.
@@ -731,7 +733,8 @@ def evaluate_heldout(config: ml_collections.ConfigDict, *, sampler: sampler_lib.
       sampling=Sampling(greedy=True, stop_strings=tuple(c.rl.stop_strings)),
       reward_fns={bench.checker: reward_fn}, template=c.data.template,
       instruction=c.data.instruction, system_prompt=c.data.system_prompt,
-      batch_size=c.train.eval_batch_size, desc=desc, show_progress=show_progress)
+      batch_size=c.train.eval_batch_size, params=params, desc=desc,
+      show_progress=show_progress)
   return result
 
 

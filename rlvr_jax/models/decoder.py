@@ -191,13 +191,21 @@ class Attention(nnx.Module):
     Returns:
       [B, T, D].
     """
+    q, k, v = self.qkv(x, positions)
+    return self.o(attend(q, k, v, mask))
+
+  def qkv(self, x: Array, positions: Array) -> tuple[Array, Array, Array]:
+    """Projections of x: q [B, T, N, Dh], k [B, T, K, Dh] (q/k norm, RoPE), v [B, T, K, Dh].
+
+    Args:
+      x: normalized input [B, T, D].
+      positions: RoPE positions [B, T].
+    """
     q, k, v = self.q(x), self.k(x), self.v(x)
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
     inv_freq = rope_inverse_frequencies(self.config)
-    q = apply_rope(q, positions, inv_freq)
-    k = apply_rope(k, positions, inv_freq)
-    return self.o(attend(q, k, v, mask))
+    return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq), v
 
 
 def attend(q: Array, k: Array, v: Array, mask: Array) -> Array:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlvr_jax.algorithms import circa
+from rlvr_jax.models import shared_prompt
 from rlvr_jax.models.decoder import Decoder, positions_from_mask
 
 Array = jax.Array
@@ -134,7 +135,8 @@ def response_logprobs(model: Decoder, tokens: Array, input_mask: Array, *,
                       prompt_len: int, temperature: float = 1.0,
                       chunk_size: int | None = None, with_entropy: bool = False,
                       with_hidden: bool = False,
-                      with_self_certainty: bool = False) -> TokenStats:
+                      with_self_certainty: bool = False,
+                      sharing: shared_prompt.Sharing | None = None) -> TokenStats:
   """Teacher-forced statistics of the response part of [prompt; response] rows.
 
   Sequence index P - 1 + t predicts response token t (docs/CONVENTIONS.md).
@@ -150,6 +152,10 @@ def response_logprobs(model: Decoder, tokens: Array, input_mask: Array, *,
     with_entropy: also return per-token entropies.
     with_hidden: also return the final hidden states [B, T, D].
     with_self_certainty: also return per-token self-certainty [B, T].
+    sharing: (share, prefix_len) from `shared_prompt.prompt_sharing` for
+      this batch: each block of `share` rows computes its prompt once and the
+      batch-wide prefix once (`shared_prompt.shared_hidden`); None = every
+      row computes its whole sequence.
 
   Returns:
     TokenStats with logp [B, T] (and entropy [B, T], hidden [B, T, D],
@@ -167,9 +173,14 @@ def response_logprobs(model: Decoder, tokens: Array, input_mask: Array, *,
   if not isinstance(tokens, jax.core.Tracer) and (
       not isinstance(tokens, jax.Array) or tokens.is_fully_addressable):
     check_token_ids(tokens, vocab_size=model.config.vocab_size)
-  positions = positions_from_mask(input_mask)
-  hidden = model(tokens[:, :-1], positions[:, :-1], input_mask[:, :-1])
-  hidden = hidden[:, prompt_len - 1:]
+  if sharing is None:
+    positions = positions_from_mask(input_mask)
+    hidden = model(tokens[:, :-1], positions[:, :-1], input_mask[:, :-1])
+    hidden = hidden[:, prompt_len - 1:]
+  else:
+    hidden = shared_prompt.shared_hidden(
+        model, tokens, input_mask, prompt_len=prompt_len, share=sharing.share,
+        prefix_len=sharing.prefix_len)
   out = logprobs_from_hidden(
       model, hidden, tokens[:, prompt_len:], temperature=temperature,
       chunk_size=chunk_size, with_entropy=with_entropy,

@@ -145,9 +145,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f"{c.rl.prompts_per_batch}.")
   name = "update_groups" if c.rl.update_groups else "prompts_per_batch"
   rows = update_rows(c)
-  if rows % c.rl.mini_batches:
+  if (rows // c.rl.group_size) % c.rl.mini_batches:  # mini-batches hold whole groups
     _fail("rl.mini_batches", c.rl.mini_batches,
-          f"must divide {name} * group_size = {rows}.")
+          f"must divide {name} = {rows // c.rl.group_size} (mini-batches hold whole groups).")
   if (rows // c.rl.mini_batches) % c.rl.micro_batches:
     _fail("rl.micro_batches", c.rl.micro_batches,
           f"must divide the mini-batch of {rows // c.rl.mini_batches} rows.")

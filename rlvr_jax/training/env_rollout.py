@@ -241,12 +241,13 @@ class EnvRollout:
 
   def generate(self, specs: Sequence[Mapping[str, Any]], *, key: jax.Array,
                temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-               stop_strings: Sequence[str] = (), greedy: bool = False
-               ) -> sampler_lib.SampleOutput:
+               stop_strings: Sequence[str] = (), greedy: bool = False,
+               params: Any = None) -> sampler_lib.SampleOutput:
     """Plays the episodes of `specs`; the rollout layout as a SampleOutput.
 
     `stop_strings` (the text tasks' `rl.stop_strings`) is ignored: model
-    turns stop at the end-of-turn token or the tool-call close tag.
+    turns stop at the end-of-turn token or the tool-call close tag. `params`
+    are the policy's (the trainer's one train state).
     """
     del stop_strings
     count = collections.Counter(s["env"] for s in specs)
@@ -254,7 +255,7 @@ class EnvRollout:
     envs = [next(pools[s["env"]]) for s in specs]
     episodes = self.sampler.rollout(
         envs, seeds=[s["seed"] for s in specs], levels=[s["level"] for s in specs], key=key,
-        temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy)
+        temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy, params=params)
     self._episodes = episodes
     return _as_sample_output(episodes)
 
@@ -276,11 +277,13 @@ class EnvRollout:
     return [{"problem": f"{s['env']} seed {s['seed']} level {s['level']}", "answer": ""}
             for s in self.eval_specs()]
 
-  def evaluate(self, *, batch_size: int) -> tuple[heldout.HeldOutResult, dict[str, float]]:
-    """Greedy success over `eval_specs()` with the model's current parameters.
+  def evaluate(self, *, batch_size: int, params: Any = None
+               ) -> tuple[heldout.HeldOutResult, dict[str, float]]:
+    """Greedy success over `eval_specs()` with the policy's parameters.
 
     Args:
       batch_size: episodes per rollout call.
+      params: the policy's parameters (the trainer's train state).
 
     Returns:
       (HeldOutResult: correct = success, formatted = the 'format' channel
@@ -296,7 +299,8 @@ class EnvRollout:
       pools = {n: iter(envs[n]) for n in self.names}
       episodes = self.sampler.rollout(
           [next(pools[s["env"]]) for s in chunk], seeds=[s["seed"] for s in chunk],
-          levels=[s["level"] for s in chunk], key=jax.random.key(0), greedy=True)
+          levels=[s["level"] for s in chunk], key=jax.random.key(0), greedy=True,
+          params=params)
       rewards += episodes.rewards
       lengths += episodes.response_mask.sum(axis=1).tolist()
       responses += ["\n---\n".join(t) for t in episodes.turns]

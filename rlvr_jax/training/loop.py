@@ -6,14 +6,20 @@ One iteration, as in the papers' pseudocode:
   rollout   : sample G responses per prompt with the KV-cache sampler
   reward    : verify each response (process-pool checker, never raises)
   advantage : group-relative estimator (or SCRL span advantages) -> [B, T]
-  old stats : one forward pass -> old log-probs, hidden states, ref log-probs
-  (DelTA)   : token coefficients from the hidden states, A <- A * c~
+  old stats : one jitted forward pass -> old log-probs, ref log-probs and
+              (DelTA) the token coefficients from its hidden states, A <- A * c~
   update    : mini-batches x micro-batches of the clipped policy loss
   metrics   : JSONL + TensorBoard + progress bar
   checkpoint: orbax, dense window for RELEX, resume-exact
 
 All numerics live in pure jitted functions (`step.py`, `rlvr_jax.algorithms`);
-this module only moves data between them and keeps the run's state.
+this module only moves data between them and keeps the run's state: one
+(params, opt_state) pair. The sampler and the evaluation take the params
+explicitly; the model object holds no weights once the state is built (the
+update donates the params' buffers). With `train.shared_prompt`, each batch's
+prompt sharing is found on the host (`shared_prompt.prompt_sharing`, after
+`align_prefix` moves the prefix every prompt begins with to the first slots)
+and both jitted passes compute each group's prompt once.
 """
 
 from __future__ import annotations
@@ -36,12 +42,12 @@ import tqdm
 from rlvr_jax import checkpoints
 from rlvr_jax import sharding
 from rlvr_jax.algorithms import circa
-from rlvr_jax.algorithms import delta as delta_lib
 from rlvr_jax.data import iterator as data_iterator
 from rlvr_jax.data import prompts as prompts_lib
 from rlvr_jax.evaluation import evaluate as evaluate_lib
 from rlvr_jax.evaluation import heldout
 from rlvr_jax.models import loader
+from rlvr_jax.models import shared_prompt
 from rlvr_jax.rewards import math_checker
 from rlvr_jax.rewards import scorers
 from rlvr_jax.sampling import sampler as sampler_lib
@@ -63,6 +69,24 @@ def _global(mesh: jax.sharding.Mesh, batch: dict[str, np.ndarray]) -> dict[str, 
 def _host(x: jax.Array) -> np.ndarray:
   """The whole of a batch-sharded global array, on every process (a collective)."""
   return multihost_utils.process_allgather(x, tiled=True)
+
+
+def _split_minis(batch: dict[str, jax.Array], num_mini: int, group_size: int
+                 ) -> list[dict[str, jax.Array]]:
+  """N mini-batches of whole groups, strided: mini-batch k = groups k, k + N, ...
+
+  Under jit, on device: every mini-batch stays batch-sharded, each device
+  keeping its own rows when its rows hold a multiple of N groups.
+  """
+  stacked = step_lib.split_micro_batches(batch, num_mini, group_size)
+  return [{k: sharding.constrain(v[i], ("batch",) + (None,) * (v.ndim - 2))
+           for k, v in stacked.items()} for i in range(num_mini)]
+
+
+def _shapes(tree: Any) -> Any:
+  """`tree` with every array replaced by its jax.ShapeDtypeStruct (no buffers)."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      tree)
 
 
 class Trainer:
@@ -121,6 +145,12 @@ class Trainer:
       self.eval_reward_fn = channel_credit.RubricReward()
     self.credit = self._make_credit()
 
+    # One train state: (params, opt_state). The model object keeps only the
+    # parameters' shapes (the update donates their buffers); the sampler and
+    # the evaluation are given self.params.
+    self.graphdef, self.params, self.rest = step_lib.split_model(self.model)
+    self.model = nnx.merge(self.graphdef, _shapes(self.params), self.rest)
+
     # Sampler and the jitted steps.
     self.sampler = sampler_lib.Sampler(
         self.model, self.tokenizer, max_prompt_len=c.rl.max_prompt_len,
@@ -137,7 +167,6 @@ class Trainer:
       self.env_rollout = env_rollout.EnvRollout(c, model=self.model, tokenizer=self.tokenizer)
       self.sampler = self.credit = self.env_rollout
     # --- end: environment episodes ---
-    self.graphdef, self.params, self.rest = step_lib.split_model(self.model)
     self.ref_params = (jax.tree.map(jnp.copy, self.params) if c.algo.kl_coef > 0 else None)
     total_updates = c.rl.steps * c.rl.mini_batches
     self.optimizer = optimizer_lib.make_optimizer(
@@ -154,15 +183,26 @@ class Trainer:
       self.opt_state = jax.jit(self.optimizer.init, out_shardings=opt_shardings)(self.params)
     self.loss_config = step_lib.LossConfig.from_config(c)
     self.prompt_len = self.sampler.prompt_len
-    self.mini_rows = config_checks.update_rows(c) // c.rl.mini_batches
     self.update_fn = step_lib.jit_update_step(
         self.graphdef, optimizer=self.optimizer, prompt_len=self.prompt_len,
         num_micro=c.rl.micro_batches, loss_config=self.loss_config)
     self.needs_stats = (c.train.old_logp == "recompute" or c.algo.delta or c.algo.kl_coef > 0)
+    self.delta_config = step_lib.DeltaConfig(
+        k=c.algo.delta_k, lam_min=c.algo.delta_lam_min, lam_max=c.algo.delta_lam_max,
+        scope=c.algo.delta_scope, group_size=c.rl.group_size) if c.algo.delta else None
     self.stats_fn = step_lib.jit_rollout_stats(
         self.graphdef, prompt_len=self.prompt_len, num_micro=c.rl.micro_batches,
-        loss_config=self.loss_config, with_hidden=c.algo.delta or c.algo.advantage == "distil",
+        loss_config=self.loss_config, with_hidden=False, delta=self.delta_config)
+    # The pass that runs before the credit step when a method reads its
+    # output (CIRCA's self-certainty, distillation's old log-probs and
+    # DistIL's hidden states), on the rollout rows, without DelTA.
+    self.early_stats_fn = step_lib.jit_rollout_stats(
+        self.graphdef, prompt_len=self.prompt_len, num_micro=c.rl.micro_batches,
+        loss_config=self.loss_config, with_hidden=c.algo.advantage == "distil",
         with_self_certainty=c.reward.label_free)
+    num_mini, group = c.rl.mini_batches, c.rl.group_size
+    # Mini-batch k: groups k, k + N, ... (N mini-batches), cut on device.
+    self.split_minis = jax.jit(lambda batch: _split_minis(batch, num_mini, group))
 
     self.checkpointer = checkpoints.Checkpointer(
         workdir, save_every=c.train.save_every, keep=c.train.keep,
@@ -192,7 +232,8 @@ class Trainer:
   def evaluate(self, name: str) -> heldout.HeldOutResult:
     """Greedy accuracy on the held-out records with the current params."""
     if self.env_rollout is not None:  # issue 18: greedy success on fixed episodes
-      result, _ = self.env_rollout.evaluate(batch_size=self.config.train.eval_batch_size)
+      result, _ = self.env_rollout.evaluate(batch_size=self.config.train.eval_batch_size,
+                                            params=self.params)
       logging.info("%s held-out success %.4f on %d episodes", name, result.accuracy,
                    result.correct.size)
       return result
@@ -200,7 +241,7 @@ class Trainer:
     result = heldout.HeldOutResult.from_benchmark(evaluate_lib.evaluate_heldout(
         self.config, sampler=self.eval_sampler, tokenizer=self.tokenizer,
         sources=self.sources, reward_fn=self.eval_reward_fn, desc=f"eval {name}",
-        show_progress=self.is_main))
+        show_progress=self.is_main, params=self.params))
     logging.info("%s held-out accuracy %.4f on %d problems", name, result.accuracy,
                  len(self.sources.eval))
     return result
@@ -219,7 +260,8 @@ class Trainer:
       sampler = self.credit.sampler(step, self.sampler)
     out = sampler.generate(
         texts, key=jax.random.fold_in(self.key, step), temperature=c.rl.temperature,
-        top_p=c.rl.top_p, top_k=c.rl.top_k, stop_strings=tuple(c.rl.stop_strings))
+        top_p=c.rl.top_p, top_k=c.rl.top_k, stop_strings=tuple(c.rl.stop_strings),
+        params=self.params)
     timings["time/rollout_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -233,7 +275,7 @@ class Trainer:
     needs_old_stats = getattr(self.credit, "needs_old_stats", False)
     if getattr(self.credit, "needs_self_certainty", False) or needs_old_stats:
       with sharding.use_mesh(self.mesh):
-        early_stats = self.stats_fn(self.params, self.rest, _global(self.mesh, {
+        early_stats = self.early_stats_fn(self.params, self.rest, _global(self.mesh, {
             "tokens": np.asarray(out.tokens, np.int32),
             "input_mask": np.asarray(out.input_mask, bool)}), self.ref_params)
     if getattr(self.credit, "needs_self_certainty", False):
@@ -270,11 +312,14 @@ class Trainer:
       metrics["rollout/groups_with_signal"] = float(with_signal)
       metrics["rollout/groups_updated"] = float(valid.sum() // c.rl.group_size)
     t0 = time.perf_counter()
+    stats_sharing, update_sharing = self._sharing(batch)
     with sharding.use_mesh(self.mesh):
       gbatch = _global(self.mesh, batch)
       if self.needs_stats:
-        stats = (early_stats if early_stats is not None else
-                 self.stats_fn(self.params, self.rest, gbatch, self.ref_params))
+        # The early pass's statistics serve unless DelTA needs this pass.
+        stats = (early_stats if early_stats is not None and not c.algo.delta else
+                 self.stats_fn(self.params, self.rest, gbatch, self.ref_params,
+                               sharing=stats_sharing))
         if c.train.old_logp == "recompute" or c.algo.delta:
           gbatch["old_logp"] = stats["old_logp"]
         if c.algo.kl_coef > 0:
@@ -283,23 +328,19 @@ class Trainer:
         metrics["rollout/entropy"] = float(
             jnp.sum(stats["entropy"] * mask) / jnp.maximum(jnp.sum(mask), 1.0))
         if c.algo.delta:
-          coef, delta_metrics = delta_lib.delta_coefficients(
-              stats["hidden"], jnp.exp(stats["old_logp"]), gbatch["advantages"], mask,
-              k=c.algo.delta_k, lam_min=c.algo.delta_lam_min, lam_max=c.algo.delta_lam_max,
-              scope=c.algo.delta_scope, group_size=c.rl.group_size)
-          gbatch["advantages"] = gbatch["advantages"] * coef
-          metrics.update(metrics_lib.to_floats(delta_metrics))
+          gbatch["advantages"] = stats["advantages"]
+          metrics.update(metrics_lib.to_floats(stats["delta_metrics"]))
           if step in tuple(c.train.delta_report_steps):
-            self._delta_report(step, coef, gbatch)
+            self._delta_report(step, stats["delta_coef"], gbatch)
       timings["time/old_stats_s"] = time.perf_counter() - t0
 
       t0 = time.perf_counter()
       update_metrics = []
-      for mini in self._mini_batches(gbatch):
+      minis = [gbatch] if c.rl.mini_batches == 1 else self.split_minis(gbatch)
+      for mini in minis:
         self.params, self.opt_state, m = self.update_fn(
-            self.params, self.rest, self.opt_state, mini)
+            self.params, self.rest, self.opt_state, mini, sharing=update_sharing)
         update_metrics.append(m)
-      nnx.update(self.model, self.params)
     update_metrics = jax.device_get(update_metrics)
     timings["time/update_s"] = time.perf_counter() - t0
     combined = metrics_lib.combine_metrics(
@@ -311,19 +352,36 @@ class Trainer:
     metrics["time/tokens_per_s"] = tokens / max(metrics["time/step_s"], 1e-9)
     return metrics
 
-  def _mini_batches(self, gbatch: dict[str, jax.Array]) -> list[dict[str, jax.Array]]:
-    """The rollout batch split into rl.mini_batches row blocks, each batch-sharded.
+  def _sharing(self, batch: dict[str, np.ndarray]
+               ) -> tuple[shared_prompt.Sharing | None, shared_prompt.Sharing | None]:
+    """The prompt sharing of the statistics pass and of the update (None = unshared).
 
-    One mini-batch is the batch itself (it stays on device); more are cut
-    from the whole batch on the host, since a contiguous row block of a
-    batch-sharded array is not itself evenly sharded.
+    Aligns the batch-wide prefix in `batch` (in place: tokens, input_mask),
+    then takes the largest block of rows sharing a prompt that keeps whole
+    blocks in every micro-batch (of the whole batch for the statistics pass,
+    of a mini-batch for the update).
     """
-    if self.config.rl.mini_batches == 1:
-      return [gbatch]
-    whole = {k: _host(v) for k, v in gbatch.items()}
-    rows = self.mini_rows
-    return [_global(self.mesh, {k: v[i * rows:(i + 1) * rows] for k, v in whole.items()})
-            for i in range(self.config.rl.mini_batches)]
+    c = self.config
+    if not c.train.shared_prompt:
+      return None, None
+    batch["tokens"], batch["input_mask"] = shared_prompt.align_prefix(
+        batch["tokens"], batch["input_mask"], prompt_len=self.prompt_len)
+    found = shared_prompt.prompt_sharing(
+        batch["tokens"], batch["input_mask"], prompt_len=self.prompt_len,
+        group_size=c.rl.group_size)
+
+    def fit(rows: int) -> shared_prompt.Sharing | None:
+      share = found.share
+      while rows % (share * c.rl.micro_batches):
+        share -= 1
+        while found.share % share:
+          share -= 1
+      if share == 1 and found.prefix_len == 0:
+        return None
+      return found._replace(share=share)
+
+    rows = len(batch["tokens"])
+    return fit(rows), fit(rows // c.rl.mini_batches)
 
   def _delta_report(self, step: int, coef: jax.Array, gbatch: dict[str, jax.Array]) -> None:
     from rlvr_jax.training import delta_report  # pylint: disable=g-import-not-at-top
@@ -360,7 +418,6 @@ class Trainer:
       self.writer.truncate_after(0)
       return 0
     latest, self.params, self.opt_state, meta = restored
-    nnx.update(self.model, self.params)
     self.iterator.set_state(meta["data"])
     if self.env_rollout is not None:  # issue 18
       self.env_rollout.load_state_dict(meta["env"])

@@ -14,6 +14,13 @@ state unchanged) and reports it.
 Micro-batch m holds rows m, m + M, m + 2M, ... of the mini-batch: with the
 batch sharded over devices in contiguous blocks, every device then holds its
 share of every micro-batch, and no data moves between devices.
+
+Shared prompts (`sharing`, from `shared_prompt.prompt_sharing` on the host):
+each block of `share` contiguous rows with the same prompt computes it once
+(`shared_prompt.shared_hidden`). Micro-batches then hold whole blocks,
+strided over blocks: micro-batch m holds blocks m, m + M, ...; every device
+keeps its share of every micro-batch when its rows hold a multiple of M
+blocks (B / (devices x share) divisible by M), else XLA moves rows.
 """
 
 from __future__ import annotations
@@ -28,9 +35,11 @@ import jax.numpy as jnp
 import optax
 
 from rlvr_jax import sharding
+from rlvr_jax.algorithms import delta as delta_lib
 from rlvr_jax.algorithms import kl_cov
 from rlvr_jax.algorithms import losses
 from rlvr_jax.models import logprobs as logprobs_lib
+from rlvr_jax.models import shared_prompt
 from rlvr_jax.training import metrics as metrics_lib
 
 Array = jax.Array
@@ -94,75 +103,143 @@ class LossConfig:
         distil_coef=c.distill.ce_coef if c.algo.advantage == "distil" else 0.0)
 
 
-def split_micro_batches(batch: Batch, num_micro: int) -> Batch:
-  """[B, ...] -> [M, B / M, ...] with micro-batch m = rows m, m + M, ...."""
+@dataclasses.dataclass(frozen=True)
+class DeltaConfig:
+  """DelTA settings (flags under config.algo), computed inside `rollout_stats`.
+
+  The coefficients use the old log-probs and hidden states of the
+  recomputation pass (`rollout_stats`), not the sampler's log-probs.
+
+  Attributes:
+    k: refinement iterations K.
+    lam_min: lambda_min.
+    lam_max: lambda_max.
+    scope: batch | group statistics.
+    group_size: G (scope 'group').
+  """
+
+  k: int = 1
+  lam_min: float = 0.8
+  lam_max: float = 1.2
+  scope: str = "batch"
+  group_size: int | None = None
+
+
+def split_micro_batches(batch: Batch, num_micro: int, block: int = 1) -> Batch:
+  """[B, ...] -> [M, B / M, ...]: micro-batch m = row blocks m, m + M, ....
+
+  Args:
+    batch: dict of [B, ...] arrays.
+    num_micro: M.
+    block: rows per block kept whole (a group sharing a prompt); 1 = rows
+      m, m + M, ....
+
+  Raises:
+    ValueError: B is not a multiple of M x block.
+  """
   def split(x):
     b = x.shape[0]
-    if b % num_micro:
-      raise ValueError(f"batch of {b} rows does not split into {num_micro} micro-batches.")
-    x = x.reshape(b // num_micro, num_micro, *x.shape[1:])
+    if b % (num_micro * block):
+      raise ValueError(f"batch of {b} rows does not split into {num_micro} micro-batches "
+                       f"of whole {block}-row blocks.")
+    x = x.reshape(b // (num_micro * block), num_micro, block, *x.shape[1:])
     x = sharding.constrain(x, ("batch",) + (None,) * (x.ndim - 1))
-    return jnp.swapaxes(x, 0, 1)
+    x = jnp.swapaxes(x, 0, 1)
+    return x.reshape(num_micro, b // num_micro, *x.shape[3:])
   return jax.tree.map(split, batch)
 
 
-def merge_micro_batches(x: Array) -> Array:
+def merge_micro_batches(x: Array, block: int = 1) -> Array:
   """Inverse of `split_micro_batches` for one array [M, B / M, ...]."""
+  m, rows = x.shape[:2]
+  x = x.reshape(m, rows // block, block, *x.shape[2:])
   x = jnp.swapaxes(x, 0, 1)
-  return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+  return x.reshape(m * rows, *x.shape[3:])
+
+
+def _block(sharing: shared_prompt.Sharing | None) -> int:
+  return 1 if sharing is None else sharing.share
 
 
 def rollout_stats(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
                   batch: Batch, *, prompt_len: int, num_micro: int,
                   loss_config: LossConfig, with_hidden: bool,
                   ref_params: nnx.State | None = None,
-                  with_self_certainty: bool = False) -> dict[str, Array]:
-  """Old log-probs (+ entropy, hidden states, reference log-probs), no grad.
+                  with_self_certainty: bool = False,
+                  delta: DeltaConfig | None = None,
+                  sharing: shared_prompt.Sharing | None = None) -> dict[str, Array]:
+  """Old log-probs (+ entropy, hidden states, reference log-probs, DelTA), no grad.
+
+  With `delta`, DelTA's coefficients (METHODS.md 2) are computed in the same
+  program from this pass's hidden states (compute dtype, batch-sharded) and
+  old log-probs, and the returned advantages are already scaled by them.
 
   Args:
     graphdef, params, rest: the split policy model (nnx.split(model,
       nnx.Param, ...)).
-    batch: `tokens` [B, S] and `input_mask` [B, S].
+    batch: `tokens` [B, S] and `input_mask` [B, S]; with `delta` also
+      `advantages` [B, T] and `response_mask` [B, T].
     prompt_len: P.
     num_micro: micro-batches M to bound memory.
     loss_config: for the temperature and LM-head chunk.
-    with_hidden: also return hidden [B, T, D] (DelTA's input).
+    with_hidden: also return hidden [B, T, D] (compute dtype).
     ref_params: reference policy params (same graphdef), or None.
     with_self_certainty: also return CIRCA's per-token self-certainty (one
       more reduction over V in each LM-head chunk; METHODS.md 6.5).
+    delta: DelTA settings, or None.
+    sharing: shared prompts of this batch (module docstring), or None.
 
   Returns:
     {'old_logp' [B, T], 'entropy' [B, T], 'hidden' [B, T, D] if asked,
-     'ref_logp' [B, T] if ref_params, 'self_certainty' [B, T] if asked}.
+     'ref_logp' [B, T] if ref_params, 'self_certainty' [B, T] if asked;
+     with delta 'delta_coef' [B, T] c~, 'advantages' [B, T] = A c~ and
+     'delta_metrics' (flat dict of scalars)}.
   """
-  micro = split_micro_batches({k: batch[k] for k in ("tokens", "input_mask")}, num_micro)
+  block = _block(sharing)
+  micro = split_micro_batches({k: batch[k] for k in ("tokens", "input_mask")}, num_micro,
+                              block)
+  keep_hidden = with_hidden or delta is not None
 
   def stats(p, mb, hidden, entropy, certainty=False):
     model = nnx.merge(graphdef, p, rest)
     return logprobs_lib.response_logprobs(
         model, mb["tokens"], mb["input_mask"], prompt_len=prompt_len,
         temperature=loss_config.temperature, chunk_size=loss_config.logprob_chunk,
-        with_entropy=entropy, with_hidden=hidden, with_self_certainty=certainty)
+        with_entropy=entropy, with_hidden=hidden, with_self_certainty=certainty,
+        sharing=sharing)
 
   def one(mb):
-    out = stats(params, mb, with_hidden, True, with_self_certainty)
+    out = stats(params, mb, keep_hidden, True, with_self_certainty)
     result = {"old_logp": out.logp, "entropy": out.entropy}
     if with_self_certainty:
       result["self_certainty"] = out.self_certainty
-    if with_hidden:
-      result["hidden"] = out.hidden.astype(jnp.float32)
+    if keep_hidden:
+      result["hidden"] = out.hidden
     if ref_params is not None:
       result["ref_logp"] = stats(ref_params, mb, False, False).logp
     return result
 
   out = jax.lax.map(one, micro)
-  return jax.tree.map(lambda x: jax.lax.stop_gradient(merge_micro_batches(x)), out)
+  out = jax.tree.map(lambda x: jax.lax.stop_gradient(merge_micro_batches(x, block)), out)
+  if delta is not None:
+    hidden = sharding.constrain(out["hidden"], ("batch", None, None))
+    coef, metrics = delta_lib.delta_coefficients(
+        hidden, jnp.exp(out["old_logp"]), batch["advantages"], batch["response_mask"],
+        k=delta.k, lam_min=delta.lam_min, lam_max=delta.lam_max, scope=delta.scope,
+        group_size=delta.group_size)
+    out["delta_coef"] = coef
+    out["advantages"] = batch["advantages"] * coef
+    out["delta_metrics"] = metrics
+    if not with_hidden:
+      del out["hidden"]
+  return out
 
 
 def update_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
                 opt_state: optax.OptState, batch: Batch, *,
                 optimizer: optax.GradientTransformation, prompt_len: int,
-                num_micro: int, loss_config: LossConfig
+                num_micro: int, loss_config: LossConfig,
+                sharing: shared_prompt.Sharing | None = None
                 ) -> tuple[nnx.State, optax.OptState, dict[str, Array]]:
   """One optimizer step on a mini-batch with gradient accumulation.
 
@@ -175,8 +252,9 @@ def update_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
       [B, T, k].
     optimizer: the optax transformation.
     prompt_len: P.
-    num_micro: micro-batches M (B % M == 0).
+    num_micro: micro-batches M (B % M == 0; B % (M x share) == 0 with sharing).
     loss_config: static loss settings.
+    sharing: shared prompts of this batch (module docstring), or None.
 
   Returns:
     New params, new optimizer state, metrics (flat dict of scalars), with
@@ -192,14 +270,14 @@ def update_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
   if c.kl_cov_ratio > 0:
     batch = {**batch, "kl_cov_selection": kl_cov.kl_cov_selection(
         batch["old_logp"], batch["advantages"], mask, ratio=c.kl_cov_ratio)}
-  micro = split_micro_batches(batch, num_micro)
+  micro = split_micro_batches(batch, num_micro, _block(sharing))
 
   def loss_fn(p, mb):
     model = nnx.merge(graphdef, p, rest)
     out = logprobs_lib.response_logprobs(
         model, mb["tokens"], mb["input_mask"], prompt_len=prompt_len,
         temperature=c.temperature, chunk_size=c.logprob_chunk, with_entropy=True,
-        with_hidden="topk_ids" in mb)
+        with_hidden="topk_ids" in mb, sharing=sharing)
     m = mb["response_mask"].astype(jnp.float32)
     pg_loss_fn = None
     if "kl_cov_selection" in mb:
@@ -291,21 +369,30 @@ def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
 def jit_update_step(graphdef: nnx.GraphDef, *, optimizer: optax.GradientTransformation,
                     prompt_len: int, num_micro: int, loss_config: LossConfig,
                     donate: bool = True) -> Any:
-  """`update_step` jitted with the static arguments bound."""
-  def fn(params, rest, opt_state, batch):
+  """`update_step` jitted with the static arguments bound.
+
+  Call as fn(params, rest, opt_state, batch, sharing=None); `sharing` (a
+  `shared_prompt.Sharing` or None) is static: one compilation per value.
+  """
+  def fn(params, rest, opt_state, batch, sharing=None):
     return update_step(graphdef, params, rest, opt_state, batch, optimizer=optimizer,
                        prompt_len=prompt_len, num_micro=num_micro,
-                       loss_config=loss_config)
-  return jax.jit(fn, donate_argnums=(0, 2) if donate else ())
+                       loss_config=loss_config, sharing=sharing)
+  return jax.jit(fn, donate_argnums=(0, 2) if donate else (), static_argnames=("sharing",))
 
 
 def jit_rollout_stats(graphdef: nnx.GraphDef, *, prompt_len: int, num_micro: int,
                       loss_config: LossConfig, with_hidden: bool,
-                      with_self_certainty: bool = False) -> Any:
-  """`rollout_stats` jitted; call as fn(params, rest, batch, ref_params)."""
-  def fn(params, rest, batch, ref_params):
+                      with_self_certainty: bool = False,
+                      delta: DeltaConfig | None = None) -> Any:
+  """`rollout_stats` jitted; call as fn(params, rest, batch, ref_params, sharing=None).
+
+  `sharing` is static, as in `jit_update_step`.
+  """
+  def fn(params, rest, batch, ref_params, sharing=None):
     return rollout_stats(graphdef, params, rest, batch, prompt_len=prompt_len,
                          num_micro=num_micro, loss_config=loss_config,
                          with_hidden=with_hidden, ref_params=ref_params,
-                         with_self_certainty=with_self_certainty)
-  return jax.jit(fn)
+                         with_self_certainty=with_self_certainty, delta=delta,
+                         sharing=sharing)
+  return jax.jit(fn, static_argnames=("sharing",))
