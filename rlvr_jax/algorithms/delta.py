@@ -10,8 +10,8 @@ the loss then uses A * c~ (METHODS.md 2 step 9, in `losses.py`).
 Two entry points compute the same coefficients:
 - `delta_coefficients` takes the hidden states of the whole rollout batch,
   [B, T, D];
-- `delta_coefficients_chunked` takes them as C chunks stacked along a leading
-  axis, [C, Bc, T, D], and only ever builds fp32 gradient proxies of one chunk
+- `delta_coefficients_chunked` takes them as Nk chunks stacked along a leading
+  axis, [Nk, Bk, T, D], and only ever builds fp32 gradient proxies of one chunk
   (the stored hidden states may stay in bf16). Each refinement iteration is one
   pass over the chunks that accumulates additive sufficient statistics.
 
@@ -331,7 +331,7 @@ def _scan_reduce(chunks: tuple[jax.Array, ...]) -> _Reduce:
   """A `_Reduce` that sums over chunks with one `lax.scan` pass.
 
   Args:
-    chunks: (hidden [C, Bc, T, D], p_old, adv, mask [C, Bc, T]).
+    chunks: (hidden [Nk, Bk, T, D], p_old, adv, mask [Nk, Bk, T]).
 
   Returns:
     reduce(fn) = sum over c of fn(_tokens(chunk c)); only one chunk's v exists
@@ -383,7 +383,7 @@ def _check_inputs(
     p_old: [..., T].
     advantages: [...] (one per row) or [..., T].
     mask: [..., T].
-    row_axis: index of the row axis (0 for [B, T], 1 for [C, Bc, T]).
+    row_axis: index of the row axis (0 for [B, T], 1 for [Nk, Bk, T]).
     k: refinement iterations.
     lam_min: lower coefficient bound.
     lam_max: upper coefficient bound.
@@ -447,7 +447,7 @@ def _normalize_with_metrics(
     raw: [..., T] coefficients c, 0 on invalid tokens.
     adv: [..., T] advantages.
     mask: [..., T] response mask m.
-    stats: `_UnitStats` stacked over U statistics units ([U, D] and [U]).
+    stats: `_UnitStats` stacked over Nu statistics units ([Nu, D] and [Nu]).
 
   Returns:
     (c~ [..., T], metrics): flat dict of float32 scalars:
@@ -577,10 +577,10 @@ def delta_coefficients_chunked(
     scope: str = "batch",
     group_size: int | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """`delta_coefficients` over a batch stored as C chunks of Bc rows.
+  """`delta_coefficients` over a batch stored as Nk chunks of Bk rows.
 
   Same formulas and results (to float32 summation order) as
-  `delta_coefficients` on the batch `x.reshape(C * Bc, ...)`, for batches whose
+  `delta_coefficients` on the batch `x.reshape(Nk * Bk, ...)`, for batches whose
   fp32 v does not fit at once. METHODS.md 2 (decision: accumulate the sums
   chunk by chunk). scope 'batch': K + 3 `lax.scan` passes over the chunks
   (centroids; gammas of M_0; one per refinement iteration; coefficients), each
@@ -589,19 +589,19 @@ def delta_coefficients_chunked(
   chunks are processed one after another by `lax.map`.
 
   Args:
-    hidden: [C, Bc, T, D] final hidden states, any float dtype (bf16 storage
+    hidden: [Nk, Bk, T, D] final hidden states, any float dtype (bf16 storage
       halves the memory; each chunk is cast to float32 when used).
-    p_old: [C, Bc, T] pi_old(y_t).
-    advantages: [C, Bc] sequence-level or [C, Bc, T] token advantages.
-    mask: [C, Bc, T] response mask.
+    p_old: [Nk, Bk, T] pi_old(y_t).
+    advantages: [Nk, Bk] sequence-level or [Nk, Bk, T] token advantages.
+    mask: [Nk, Bk, T] response mask.
     k: number K of refinement iterations, >= 0.
     lam_min: coefficient lower bound, > 0.
     lam_max: coefficient upper bound, >= lam_min.
     scope: 'batch' or 'group'.
-    group_size: G, must divide Bc for scope 'group'.
+    group_size: G, must divide Bk for scope 'group'.
 
   Returns:
-    (coef [C, Bc, T] float32 c~, metrics) as in `delta_coefficients`.
+    (coef [Nk, Bk, T] float32 c~, metrics) as in `delta_coefficients`.
   """
   adv = _check_inputs(
       hidden, p_old, advantages, mask, row_axis=1, k=k, lam_min=lam_min,

@@ -288,7 +288,7 @@ def _generate(graphdef: nnx.GraphDef, params: Any, rest: Any, prompt_tokens: Arr
     key: PRNG key; response token t is drawn with fold_in(key, t).
     temperature: scalar float32.
     top_p: scalar float32.
-    stop_seqs: [M, Ls] int32 stop token sequences, right-aligned, left-padded
+    stop_seqs: [Ns, Ls] int32 stop token sequences, right-aligned, left-padded
       with -1 (M may be 0).
     cfg: static settings.
 
@@ -566,7 +566,7 @@ class Sampler:
     return ids
 
   def _stop_sequences(self, stop_strings: Sequence[str]) -> np.ndarray:
-    """[M, Ls] token sequences of the stop strings, right-aligned (-1 left)."""
+    """[Ns, Ls] token sequences of the stop strings, right-aligned (-1 left)."""
     seqs = [list(self.tokenizer.encode(s, add_special_tokens=False)) for s in stop_strings]
     for s, seq in zip(stop_strings, seqs):
       if not seq:
