@@ -91,6 +91,9 @@ def method_config(base: ml_collections.ConfigDict, method: str,
   c = ml_collections.ConfigDict(base.to_dict())
   for key, value in METHODS[method].items():
     c.algo[key] = value
+  if c.algo.advantage == "scrl":  # SCRL scores its own blocks: no user reward channels.
+    c.reward.fn = ""
+    c.reward.channel_weights = ""
   c.rl.seed = seed
   return c
 

@@ -253,6 +253,8 @@ def test_distil_loss_term_value_gradient_and_micro_batches():
 ])
 def test_bad_distill_flags_name_the_flag(changes, flag):
   c = tiny.get_config()
+  c.reward.fn = ""  # Distillation takes the built-in outcome reward, not tiny's smoke channels.
+  c.reward.channel_weights = ""
   c.train.old_logp = "recompute"
   for path, value in changes.items():
     section, key = path.split(".")
