@@ -270,7 +270,7 @@ class DistillCredit:
 
   # -- horizons (METHODS.md 7.2) ------------------------------------------------
 
-  def sampler(self, step: int, full: Any) -> Any:
+  def rollout_sampler(self, step: int, full: Any) -> Any:
     """The rollout sampler of `step`: `full` at the full horizon, else one of T = H.
 
     A horizon's sampler is `full`'s (model, prompt width, mesh, EOS ids) with

@@ -256,8 +256,8 @@ class Trainer:
     records = next(self.iterator)
     texts, examples = self.credit.prompts(records)
     sampler = self.sampler
-    if hasattr(self.credit, "sampler"):  # Distillation horizons (METHODS.md 7.2).
-      sampler = self.credit.sampler(step, self.sampler)
+    if hasattr(self.credit, "rollout_sampler"):  # Distillation horizons (METHODS.md 7.2).
+      sampler = self.credit.rollout_sampler(step, self.sampler)
     out = sampler.generate(
         texts, key=jax.random.fold_in(self.key, step), temperature=c.rl.temperature,
         top_p=c.rl.top_p, top_k=c.rl.top_k, stop_strings=tuple(c.rl.stop_strings),
