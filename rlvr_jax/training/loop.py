@@ -204,6 +204,7 @@ class Trainer:
     # Mini-batch k: groups k, k + N, ... (N mini-batches), cut on device.
     self.split_minis = jax.jit(lambda batch: _split_minis(batch, num_mini, group))
 
+    self._all_finite = jax.jit(step_lib.all_finite)
     self.checkpointer = checkpoints.Checkpointer(
         workdir, save_every=c.train.save_every, keep=c.train.keep,
         dense_window=c.train.dense_window)
@@ -407,7 +408,12 @@ class Trainer:
 
   def _check_finite_state(self, step: int) -> None:
     """Refuses to go on (and to save) with non-finite params or optimizer state."""
-    if not bool(step_lib.all_finite((self.params, self.opt_state))):
+    # One jitted program: eager reductions of sharded arrays dispatch one
+    # collective program per leaf, which can deadlock XLA:CPU's in-process
+    # communicator on a multi-device mesh.
+    with sharding.use_mesh(self.mesh):
+      finite = bool(self._all_finite((self.params, self.opt_state)))
+    if not finite:
       raise FloatingPointError(f"step {step}: the parameters or optimizer state hold a "
                                "non-finite value; not saved.")
 
