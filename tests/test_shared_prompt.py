@@ -295,6 +295,11 @@ def _train_tiny(workdir, shared):
   c.data.eval_size = 8
   c.train.eval_before = c.train.eval_after = c.train.tensorboard = False
   c.train.shared_prompt = shared
+  # Adam's epsilon well above the gradients' float noise: with the default
+  # 1e-8 an element whose gradient is ~0 moves by about lr * sign(noise), and
+  # the two paths' summation orders may flip that sign; with 1e-4 such an
+  # element moves by lr * g / 1e-4, so the noise stays noise in the update.
+  c.optim.eps = 1e-4
   trainer = loop.Trainer(c, workdir)
   try:
     trainer.run()
