@@ -68,7 +68,7 @@ def test_tiny_argument_bytes_are_the_sharded_sizes(tiny_plan):
                + 2 * 64)  # attn_norm, mlp_norm [D/4]
   params = embed + 4 * per_layer * 4 + 64 * 4  # + final_norm [D/4]
   assert params == 14_944_512
-  rest = 4 * 32 * 4  # RoPE inverse frequencies [L, Dh/2] float32, replicated
+  rest = 0  # no non-parameter state: RoPE frequencies are host constants
   rows = 8  # 32 rows / 4 chips
   tokens, input_mask = rows * 256 * 4, rows * 256 * 1  # [8, S] int32, bool
   per_token = rows * 128 * 4  # one [8, T] float32 array
