@@ -40,18 +40,6 @@ from rlvr_jax.algorithms import losses
 _CEIL_SLACK = 1e-6
 
 
-def _check_shapes(**arrays: jax.Array) -> tuple[int, int]:
-  """Checks that every array is [B, T] with one shared (B, T); returns it."""
-  (first_name, first), *rest = arrays.items()
-  if first.ndim != 2:
-    raise ValueError(f"{first_name} must be [B, T], got shape {first.shape}.")
-  for name, array in rest:
-    if array.shape != first.shape:
-      raise ValueError(f"{name} has shape {array.shape} but {first_name} has "
-                       f"{first.shape}; both must be [B, T].")
-  return first.shape
-
-
 def max_selected(ratio: float, num_tokens: int) -> int:
   """k_max = ceil(ratio * num_tokens), the static size of the top-k.
 
@@ -105,7 +93,7 @@ def kl_cov_selection(
   """
   if not 0.0 <= ratio <= 1.0:
     raise ValueError(f"ratio must be in [0, 1], got {ratio}.")
-  B, T = _check_shapes(logp=logp, advantages=advantages, mask=mask)
+  B, T = losses.check_token_shapes(logp=logp, advantages=advantages, mask=mask)
   k_max = max_selected(ratio, B * T)
   valid = mask > 0
   if k_max == 0:
@@ -169,8 +157,8 @@ def kl_cov_loss(
   """
   if beta < 0.0:
     raise ValueError(f"beta must be >= 0, got {beta}.")
-  _check_shapes(logp=logp, old_logp=old_logp, advantages=advantages,
-                mask=mask, selection=selection)
+  losses.check_token_shapes(logp=logp, old_logp=old_logp, advantages=advantages,
+                            mask=mask, selection=selection)
   clipped, diagnostics = losses.ppo_clip(
       logp, old_logp, advantages, mask,
       eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip,

@@ -46,7 +46,7 @@ AggregationFn = Callable[..., tuple[jax.Array, jax.Array]]
 KLFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def _check_shapes(**arrays: jax.Array) -> tuple[int, int]:
+def check_token_shapes(**arrays: jax.Array) -> tuple[int, int]:
   """Checks that every array is [B, T] with one shared (B, T); returns it."""
   (first_name, first), *rest = arrays.items()
   if first.ndim != 2:
@@ -86,7 +86,7 @@ def masked_mean_pair(
   Returns:
     (sum, count), float32 scalars.
   """
-  _check_shapes(x=x, mask=mask)
+  check_token_shapes(x=x, mask=mask)
   mask = mask.astype(jnp.float32)
   return jnp.sum(_where_valid(x.astype(jnp.float32), mask)), jnp.sum(mask)
 
@@ -126,7 +126,7 @@ def sequence_ratio(
   Returns:
     [B] float32 sequence ratios (differentiable through every valid logp).
   """
-  _check_shapes(logp=logp, old_logp=old_logp, mask=mask)
+  check_token_shapes(logp=logp, old_logp=old_logp, mask=mask)
   log_ratio = _where_valid(
       logp.astype(jnp.float32) - old_logp.astype(jnp.float32), mask
   )
@@ -173,7 +173,7 @@ def clipped_surrogate(
     raise ValueError(f"eps_high must be >= 0, got {eps_high}.")
   if dual_clip is not None and dual_clip <= 1.0:
     raise ValueError(f"dual_clip must be > 1 or None, got {dual_clip}.")
-  _check_shapes(ratio=ratio, advantages=advantages)
+  check_token_shapes(ratio=ratio, advantages=advantages)
   advantages = advantages.astype(jnp.float32)
   clipped_ratio = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high)
   loss = -jnp.minimum(ratio * advantages, clipped_ratio * advantages)
@@ -220,7 +220,7 @@ def ppo_clip(
     (l [B, T] per-token loss, diagnostics): the `clipped_surrogate`
     indicators plus `ratio` [B, T].
   """
-  _check_shapes(logp=logp, old_logp=old_logp, advantages=advantages,
+  check_token_shapes(logp=logp, old_logp=old_logp, advantages=advantages,
                 mask=mask)
   ratio = token_ratio(logp, old_logp)
   loss, diagnostics = clipped_surrogate(
@@ -262,7 +262,7 @@ def gspo(
   Returns:
     (l [B, T], diagnostics) as `ppo_clip`; `ratio` is s_i on every token.
   """
-  B, T = _check_shapes(logp=logp, old_logp=old_logp, advantages=advantages,
+  B, T = check_token_shapes(logp=logp, old_logp=old_logp, advantages=advantages,
                        mask=mask)
   ratio = jnp.broadcast_to(sequence_ratio(logp, old_logp, mask)[:, None],
                            (B, T))
@@ -306,7 +306,7 @@ def gspo_token(
   Returns:
     (l [B, T], diagnostics) as `ppo_clip`; `ratio` is s_i on every token.
   """
-  _check_shapes(logp=logp, old_logp=old_logp, advantages=advantages,
+  check_token_shapes(logp=logp, old_logp=old_logp, advantages=advantages,
                 mask=mask)
   logp = logp.astype(jnp.float32)
   seq_ratio = jax.lax.stop_gradient(sequence_ratio(logp, old_logp, mask))
@@ -362,7 +362,7 @@ def seq_mean_token_mean(
     (numerator, denominator), float32 scalars.
   """
   del max_response_len  # One signature for every aggregation.
-  _check_shapes(loss=loss, mask=mask)
+  check_token_shapes(loss=loss, mask=mask)
   mask = mask.astype(jnp.float32)
   row_tokens = jnp.sum(mask, axis=-1)
   row_sums = jnp.sum(_where_valid(loss.astype(jnp.float32), mask), axis=-1)
@@ -386,7 +386,7 @@ def seq_mean_token_sum_norm(
   Returns:
     (numerator, denominator), float32 scalars.
   """
-  B, T = _check_shapes(loss=loss, mask=mask)
+  B, T = check_token_shapes(loss=loss, mask=mask)
   if max_response_len is None:
     raise ValueError(
         "loss_agg=seq_mean_token_sum_norm needs max_response_len (T_max)."
@@ -599,7 +599,7 @@ def policy_loss(
     `policy/clipfrac_dual` with a dual clip and `policy/kl` (token mean of
     the KL value) with `ref_logp`.
   """
-  _check_shapes(
+  check_token_shapes(
       logp=logp, old_logp=old_logp, advantages=advantages, mask=mask,
       **({} if ref_logp is None else {"ref_logp": ref_logp}),
   )
