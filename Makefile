@@ -7,9 +7,13 @@ PY := $(VENV)/bin/python
 # The TPU planner's venv: the project venv's packages plus libtpu, kept apart
 # so that the CPU tests' JAX never loads libtpu (docs/planner.md).
 TPU_VENV ?= .venv-tpu
+# google-tunix 0.1.7, the JAX peer of benchmarks/rl_step.py (--peer=tunix), in
+# its own venv: it pins safetensors < 0.8 and an older transformers than ours.
+# Its jax and flax are the project venv's versions.
+TUNIX_VENV ?= .venv-tunix
 WORKDIR ?= runs/default
 
-.PHONY: setup setup-tpu run test clean
+.PHONY: setup setup-tpu setup-tunix run test clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +34,16 @@ $(TPU_VENV)/.installed: $(VENV)/.installed
 	$(PY) -c "import site; print(site.getsitepackages()[0])" \
 	  > $$($(TPU_VENV)/bin/python -c "import site; print(site.getsitepackages()[0])")/_rlvr_main.pth
 	$(TPU_VENV)/bin/pip install --quiet "jax[tpu]==$$($(PY) -c 'import jax; print(jax.__version__)')"
+	touch $@
+
+setup-tunix: $(TUNIX_VENV)/.installed
+
+$(TUNIX_VENV)/.installed: $(VENV)/.installed
+	$(PYTHON) -m venv $(TUNIX_VENV)
+	$(TUNIX_VENV)/bin/pip install --quiet --upgrade pip
+	$(TUNIX_VENV)/bin/pip install --quiet google-tunix==0.1.7 \
+	  "jax==$$($(PY) -c 'import jax; print(jax.__version__)')" \
+	  "flax==$$($(PY) -c 'import flax; print(flax.__version__)')"
 	touch $@
 
 test: setup $(TPU_VENV)/.installed
