@@ -228,7 +228,7 @@ def test_input_errors():
 
 def test_registry():
   assert set(advantages.ESTIMATORS) == {"grpo", "dr_grpo", "rloo", "gdpo"}
-  assert advantages.get_estimator("rloo") is advantages.rloo
+  assert hasattr(advantages.get_estimator("rloo"), "lower")  # jitted
   with pytest.raises(ValueError, match=r"advantage='ppo'.*dr_grpo.*grpo"):
     advantages.get_estimator("ppo")
 

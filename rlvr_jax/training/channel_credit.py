@@ -315,8 +315,8 @@ class ChannelCredit:
         metrics[f"reward/channel/{name}"] = float(ch.values[:, c].mean())
 
     if self.estimator == "gdpo" and ch is not None and not (self.eta > 0 or self.pow3r):
-      adv = advantages_lib.gdpo(jnp.asarray(ch.values), group_size=G,
-                                weights=jnp.asarray(ch.weights))
+      adv = advantages_lib.get_estimator("gdpo")(jnp.asarray(ch.values), group_size=G,
+                                                 weights=jnp.asarray(ch.weights))
     else:
       adv = advantages_lib.get_estimator(self.estimator)(jnp.asarray(scalar), group_size=G)
     adv = np.asarray(advantages_lib.broadcast_to_tokens(adv, jnp.asarray(response_mask)))
