@@ -265,6 +265,33 @@ def test_first_stop_with_multi_character_tokens():
   assert sampler_lib.first_stop([0, 1], [], decode) is None
 
 
+def test_stop_sequences_and_their_window_by_hand():
+  # 'a' = 3, 'b' = 4, 'c' = 5: "ab" fills the width 2, "c" is left-padded
+  # with the wildcard -1.
+  seqs = sampler_lib.encode_stop_sequences(CharTokenizer(), ["ab", "c"])
+  np.testing.assert_array_equal(seqs, [[3, 4], [-1, 5]])
+  window = sampler_lib.empty_stop_window(3, jnp.asarray(seqs))
+  np.testing.assert_array_equal(window, [[-2, -2]] * 3)  # matches no token
+  # Step 1, tokens a, c, b: only row 1 ends with "c" (the wildcard takes -2).
+  window, hit = sampler_lib.advance_stop_window(window, jnp.array([3, 5, 4]), seqs)
+  np.testing.assert_array_equal(window, [[-2, 3], [-2, 5], [-2, 4]])
+  np.testing.assert_array_equal(hit, [False, True, False])
+  # Step 2, tokens b, a, b: row 0 now ends with "ab"; "bb" and "ca" match nothing.
+  window, hit = sampler_lib.advance_stop_window(window, jnp.array([4, 3, 4]), seqs)
+  np.testing.assert_array_equal(window, [[3, 4], [5, 3], [4, 4]])
+  np.testing.assert_array_equal(hit, [True, False, False])
+  # No stop strings: [0, 0], the window stays and no row stops.
+  none = sampler_lib.encode_stop_sequences(CharTokenizer(), [])
+  assert none.shape == (0, 0)
+  empty = sampler_lib.empty_stop_window(2, none)
+  window, hit = sampler_lib.advance_stop_window(empty, jnp.array([3, 4]), none)
+  assert window.shape == (2, 0) and not hit.any()
+  with pytest.raises(ValueError, match="must be a sequence of strings"):
+    sampler_lib.encode_stop_sequences(CharTokenizer(), "ab")
+  with pytest.raises(ValueError, match="'' encodes to no tokens"):
+    sampler_lib.encode_stop_sequences(CharTokenizer(), ["ab", ""])
+
+
 def test_stop_tokens_end_a_row_inside_the_loop(model, sampler_no_eos):
   free = sampler_no_eos.generate(PROMPTS, key=jax.random.key(0), greedy=True)
   stop = free.texts[0][1:3]

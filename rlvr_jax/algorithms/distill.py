@@ -36,20 +36,6 @@ from rlvr_jax.algorithms import losses
 HORIZON_SCHEDULES = ("full", "topd", "popd")
 
 
-def _check_bt(**arrays: jax.Array) -> tuple[int, int]:
-  """Checks every array is [B, T] with one shared shape; returns (B, T)."""
-  (first_name, first), *rest = arrays.items()
-  if first.ndim != 2:
-    raise ValueError(f"{first_name} must be [B, T], got shape {first.shape}.")
-  for name, array in rest:
-    if array.shape != first.shape:
-      raise ValueError(
-          f"{name} has shape {array.shape} but {first_name} has {first.shape}; "
-          "both must be [B, T]."
-      )
-  return first.shape
-
-
 # ---------------------------------------------------------------------------
 # OPD (METHODS.md 7.1).
 # ---------------------------------------------------------------------------
@@ -100,7 +86,7 @@ def opd_advantages(
             "mask": mask}
   if outcome_advantages is not None:
     arrays["outcome_advantages"] = outcome_advantages
-  _check_bt(**arrays)
+  losses.check_token_shapes(**arrays)
   if outcome_coef != 0.0 and outcome_advantages is None:
     raise ValueError(
         f"outcome_coef={outcome_coef} != 0 needs outcome_advantages."
@@ -361,7 +347,7 @@ def distil_loss_pair(
   Returns:
     (numerator, denominator), float32 scalars.
   """
-  _check_bt(ce=ce, mask=mask)
+  losses.check_token_shapes(ce=ce, mask=mask)
   return losses.get_aggregation(loss_agg)(
       ce, mask, max_response_len=max_response_len
   )
@@ -417,7 +403,7 @@ def future_credit_advantages(
   Returns:
     [B, T] float32 advantages, 0 where m is 0.
   """
-  B, _ = _check_bt(ce=ce, mask=mask)
+  B, _ = losses.check_token_shapes(ce=ce, mask=mask)
   if not isinstance(group_size, int) or group_size < 1:
     raise ValueError(
         f"--config.rl.group_size={group_size!r} must be a positive int."

@@ -79,7 +79,24 @@ def _per_prompt(name: str, x: jax.Array | None, Q: int, Cr: int,
   return x.astype(dtype)
 
 
-def _grouped(verdicts: jax.Array, group_size: int) -> tuple[int, int, int]:
+def _grouped(
+    verdicts: jax.Array,
+    weights: jax.Array,
+    criterion_mask: jax.Array | None,
+    group_size: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Checks the shared arguments; verdicts by group, weights, validity.
+
+  Args:
+    verdicts: [B, Cr] verdicts, groups of `group_size` contiguous rows.
+    weights: [Cr] or [Q, Cr] weights.
+    criterion_mask: [Cr] or [Q, Cr] (0 on padding) or None (all real).
+    group_size: G.
+
+  Returns:
+    ([Q, G, Cr] float32 verdicts, [Q, Cr] float32 weights with 0 on padding,
+    [Q, Cr] bool validity).
+  """
   if verdicts.ndim != 2:
     raise ValueError(f"verdicts must be [B, Cr], got shape {verdicts.shape}.")
   if not isinstance(group_size, int) or group_size < 1:
@@ -88,7 +105,11 @@ def _grouped(verdicts: jax.Array, group_size: int) -> tuple[int, int, int]:
   if B % group_size:
     raise ValueError(
         f"verdicts has {B} rows, not a multiple of group_size={group_size}.")
-  return B // group_size, group_size, Cr
+  Q = B // group_size
+  weights = _per_prompt("weights", weights, Q, Cr, jnp.float32, 1.0)
+  valid = _per_prompt("criterion_mask", criterion_mask, Q, Cr, bool, True)
+  grouped = verdicts.astype(jnp.float32).reshape(Q, group_size, Cr)
+  return grouped, jnp.where(valid, weights, 0.0), valid
 
 
 def _group_weights(
@@ -98,7 +119,7 @@ def _group_weights(
     valid: jax.Array,
     flags: Pow3rFlags,
 ) -> jax.Array:
-  """POW3R weights of one group: [G, Cr] verdicts -> [Cr] weights w~."""
+  """POW3R weights of one group: [G, Cr] verdicts -> [Cr] weights w~ (0 on padding)."""
   G = verdicts.shape[0]
   passes = jnp.sum(jnp.where(valid[None, :], verdicts, 0.0), axis=0)
   p = (passes + flags.a) / (G + flags.a + flags.b)
@@ -108,7 +129,6 @@ def _group_weights(
   members = jnp.sum(same, axis=1)
   s_mean = (same @ s) / jnp.maximum(members, 1.0)
   alpha = jnp.clip(s / s_mean, flags.alpha_min, flags.alpha_max)
-  weights = jnp.where(valid, weights, 0.0)
   scaled = weights * alpha
   total = same @ weights
   scaled_total = same @ scaled
@@ -152,11 +172,9 @@ def pow3r_weights(
     [Q, Cr] float32 training weights w~ (0 on padding).
   """
   _check_flags(a, b, alpha_min, alpha_max)
-  Q, G, Cr = _grouped(verdicts, group_size)
-  weights = _per_prompt("weights", weights, Q, Cr, jnp.float32, 1.0)
+  grouped, weights, valid = _grouped(verdicts, weights, criterion_mask, group_size)
+  Q, _, Cr = grouped.shape
   categories = _per_prompt("categories", categories, Q, Cr, jnp.int32, 0)
-  valid = _per_prompt("criterion_mask", criterion_mask, Q, Cr, bool, True)
-  grouped = verdicts.astype(jnp.float32).reshape(Q, G, Cr)
   flags = Pow3rFlags(a=a, b=b, alpha_min=alpha_min, alpha_max=alpha_max)
   return jax.vmap(_group_weights, in_axes=(0, 0, 0, 0, None))(
       grouped, weights, categories, valid, flags)
@@ -184,11 +202,8 @@ def weighted_rewards(
   Returns:
     [B] float32 rewards.
   """
-  Q, G, Cr = _grouped(verdicts, group_size)
-  weights = _per_prompt("weights", weights, Q, Cr, jnp.float32, 1.0)
-  valid = _per_prompt("criterion_mask", criterion_mask, Q, Cr, bool, True)
-  weights = jnp.where(valid, weights, 0.0)
-  grouped = verdicts.astype(jnp.float32).reshape(Q, G, Cr)
+  grouped, weights, valid = _grouped(verdicts, weights, criterion_mask, group_size)
+  Q, G, _ = grouped.shape
   numerator = jnp.einsum("qgc,qc->qg", jnp.where(valid[:, None], grouped, 0.0),
                          weights)
   denominator = jnp.sum(weights, axis=1, keepdims=True)

@@ -54,8 +54,7 @@ Array = jax.Array
 
 TURN_FINISH = ("length", "eos", "stop")  # index = finish code of a model turn
 _LENGTH, _EOS, _STOP = 0, 1, 2
-_NO_TOKEN = -2  # fills the stop-sequence window before the turn's first token
-_WILDCARD = -1  # left padding of a stop sequence shorter than the window
+_NO_TOKEN = -2  # the end-of-turn id when there is none: no token has it
 _SLOT_MULTIPLE = 64  # the cache grows in multiples of this many slots
 _EXTEND_MULTIPLE = 16  # environment blocks are padded to a multiple of this
 
@@ -304,7 +303,6 @@ def _decode_turn(graphdef: nnx.GraphDef, params: Any, rest: Any, caches: list[An
   layers, head = decode_lib.decode_weights(model)
   b, m = logits.shape[0], cfg.steps
   eos_ids = jnp.asarray(cfg.eos_token_ids or (_NO_TOKEN,), jnp.int32)
-  n_stop = stop_seqs.shape[0]
   draw = functools.partial(sampler_lib.draw, temperature=temperature, top_p=top_p,
                            greedy=cfg.greedy, top_k=cfg.top_k, use_top_p=cfg.use_top_p)
 
@@ -319,12 +317,8 @@ def _decode_turn(graphdef: nnx.GraphDef, params: Any, rest: Any, caches: list[An
                                         valid[:, None, :], s["caches"], slot)
     logits = jnp.where(live[:, None], decode_lib.logits(hidden[:, 0], head), s["logits"])
     is_eos = live & jnp.any(token[:, None] == eos_ids[None], axis=-1)
-    window = s["window"]
-    is_stop = jnp.zeros_like(is_eos)
-    if n_stop:
-      window = jnp.concatenate([window[:, 1:], token[:, None]], axis=1)
-      hits = (stop_seqs[None] == window[:, None]) | (stop_seqs[None] == _WILDCARD)
-      is_stop = live & ~is_eos & jnp.any(jnp.all(hits, axis=-1), axis=-1)
+    window, is_stop = sampler_lib.advance_stop_window(s["window"], token, stop_seqs)
+    is_stop = live & ~is_eos & is_stop
     count = s["count"] + live.astype(jnp.int32)
     column = lambda a, v: jax.lax.dynamic_update_index_in_dim(a, v, i, axis=1)
     return dict(
@@ -338,7 +332,7 @@ def _decode_turn(graphdef: nnx.GraphDef, params: Any, rest: Any, caches: list[An
   state = dict(
       i=jnp.int32(0), caches=caches, logits=logits, valid=valid, n_real=n_real,
       done=~active | (budget < 1), count=jnp.zeros((b,), jnp.int32),
-      window=jnp.full((b, max(stop_seqs.shape[1], 1)), _NO_TOKEN, jnp.int32),
+      window=sampler_lib.empty_stop_window(b, stop_seqs),
       tokens=jnp.full((b, m), cfg.pad_token_id, jnp.int32),
       logp=jnp.zeros((b, m), jnp.float32), mask=jnp.zeros((b, m), bool),
       finish=jnp.full((b,), _LENGTH, jnp.int32))
@@ -408,14 +402,7 @@ class MultiTurnSampler:
       eos_token_ids = tokenizer_lib.eos_token_ids(tokenizer, model.config)
     self.eos_token_ids = tuple(int(i) for i in eos_token_ids)
     self.pad_token_id = int(model.config.pad_token_id)
-    seqs = [list(tokenizer.encode(s, add_special_tokens=False)) for s in stop_strings]
-    for s, seq in zip(stop_strings, seqs):
-      if not seq:
-        raise ValueError(f"stop_strings: {s!r} encodes to no tokens.")
-    width = max((len(q) for q in seqs), default=0)
-    self._stop_seqs = np.full((len(seqs), width), _WILDCARD, np.int32)
-    for i, seq in enumerate(seqs):
-      self._stop_seqs[i, width - len(seq):] = seq
+    self._stop_seqs = sampler_lib.encode_stop_sequences(tokenizer, stop_strings)
     self._extend, self._decode_turn = _jitted(nnx.split(model, nnx.Param, ...)[0])
 
   def _encode(self, text: str) -> list[int]:

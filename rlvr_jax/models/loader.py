@@ -130,9 +130,9 @@ def load_model(source: str, *, dtype: str = "float32", param_dtype: str = "float
     source = hub.snapshot_dir(source)
   kinds = dict(dtype=dtype, param_dtype=param_dtype, remat=remat)
   if source.endswith(".gguf"):
-    reader = gguf_import.open_gguf(source)
-    config = gguf_import.config_from_gguf(reader, source, **kinds)
-    read_source = lambda: gguf_import.gguf_source(reader, source, config)
+    metadata = gguf_import.read_metadata(source)
+    config = gguf_import.config_from_gguf(metadata, source, **kinds)
+    read_source = lambda: gguf_import.gguf_source(source, metadata, config)
   elif os.path.isdir(source):
     config = weights.config_from_hf(source, **kinds)
     read_source = lambda: weights.safetensors_source(source)

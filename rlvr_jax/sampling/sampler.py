@@ -269,6 +269,34 @@ def draw(logits: Array, key: Array, *, temperature: Array, top_p: Array, greedy:
 # The jitted generation function.
 
 
+# --- begin: the stop-sequence window, for other samplers too (rlvr_jax.envs.multiturn) ---
+def empty_stop_window(rows: int, stop_seqs: Array) -> Array:
+  """[B, Ls] int32 window before the first token: an id that matches no stop token."""
+  return jnp.full((rows, stop_seqs.shape[1]), _NO_TOKEN, jnp.int32)
+
+
+def advance_stop_window(window: Array, token: Array, stop_seqs: Array) -> tuple[Array, Array]:
+  """Appends one token to each row's window; which rows now end with a stop sequence.
+
+  Args:
+    window: [B, Ls] int32, each row's last Ls tokens (`empty_stop_window`
+      before the first).
+    token: [B] int32, the tokens just sampled.
+    stop_seqs: [Ns, Ls] int32 (`encode_stop_sequences`); with Ns = 0 the
+      window stays as it is and no row stops.
+
+  Returns:
+    ([B, Ls] int32 window ending with `token`, [B] bool: the window equals a
+    stop sequence, wildcards matching any token).
+  """
+  if not stop_seqs.shape[0]:
+    return window, jnp.zeros(token.shape, bool)
+  window = jnp.concatenate([window[:, 1:], token[:, None]], axis=1)
+  hits = (stop_seqs[None] == window[:, None]) | (stop_seqs[None] == _WILDCARD)
+  return window, jnp.any(jnp.all(hits, axis=-1), axis=-1)
+# --- end: the stop-sequence window ---
+
+
 def _generate(graphdef: nnx.GraphDef, params: Any, rest: Any, prompt_tokens: Array,
               prompt_mask: Array, source: Array, row_valid: Array, key: Array,
               temperature: Array, top_p: Array, stop_seqs: Array, *,
@@ -331,19 +359,14 @@ def _generate(graphdef: nnx.GraphDef, params: Any, rest: Any, prompt_tokens: Arr
   prompt_mask = jnp.take(prompt_mask, source, axis=0)
 
   eos_ids = jnp.asarray(cfg.eos_token_ids or (_NO_TOKEN,), jnp.int32)
-  n_stop = stop_seqs.shape[0]
 
   def record(state, i, token, logp):
     """Writes response token i of the rows not done; updates done / finish."""
     active = ~state["done"]
     token = jnp.where(active, token, cfg.pad_token_id)
     is_eos = active & jnp.any(token[:, None] == eos_ids[None], axis=-1)
-    window = state["window"]
-    is_stop = jnp.zeros_like(is_eos)
-    if n_stop:
-      window = jnp.concatenate([window[:, 1:], token[:, None]], axis=1)
-      hits = (stop_seqs[None] == window[:, None]) | (stop_seqs[None] == _WILDCARD)
-      is_stop = active & ~is_eos & jnp.any(jnp.all(hits, axis=-1), axis=-1)
+    window, is_stop = advance_stop_window(state["window"], token, stop_seqs)
+    is_stop = active & ~is_eos & is_stop
     set_column = lambda a, v: jax.lax.dynamic_update_index_in_dim(a, v, i, axis=1)
     return dict(
         state,
@@ -361,7 +384,7 @@ def _generate(graphdef: nnx.GraphDef, params: Any, rest: Any, prompt_tokens: Arr
       mask=jnp.zeros((b, t_max), bool),
       finish=jnp.full((b,), _LENGTH, jnp.int32),
       done=~row_valid,
-      window=jnp.full((b, stop_seqs.shape[1]), _NO_TOKEN, jnp.int32),
+      window=empty_stop_window(b, stop_seqs),
       last=jnp.zeros((b,), jnp.int32),
       caches=caches,
       t=jnp.int32(1))
@@ -465,6 +488,34 @@ def _jitted_generate(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh | None) -> 
 # Host side.
 
 
+def encode_stop_sequences(tokenizer: Any, stop_strings: Sequence[str]) -> np.ndarray:
+  """The stop strings as token sequences the decode loop matches (module docstring).
+
+  Args:
+    tokenizer: `encode(text, add_special_tokens=False)`.
+    stop_strings: Ns texts, each encoded on its own.
+
+  Returns:
+    [Ns, Ls] int32: each sequence right-aligned in Ls = the longest one's
+    length, left-padded with a wildcard that matches any token.
+
+  Raises:
+    ValueError: `stop_strings` is one string, or a stop string encodes to no
+      tokens.
+  """
+  if isinstance(stop_strings, str):
+    raise ValueError(f"stop_strings={stop_strings!r} must be a sequence of strings.")
+  seqs = [list(tokenizer.encode(s, add_special_tokens=False)) for s in stop_strings]
+  for s, seq in zip(stop_strings, seqs):
+    if not seq:
+      raise ValueError(f"stop_strings: {s!r} encodes to no tokens.")
+  width = max((len(q) for q in seqs), default=0)
+  out = np.full((len(seqs), width), _WILDCARD, np.int32)
+  for i, seq in enumerate(seqs):
+    out[i, width - len(seq):] = seq
+  return out
+
+
 def first_stop(tokens: Sequence[int], stop_strings: Sequence[str], decode: Any) -> int | None:
   """Tokens to keep so that the response ends with its first stop string.
 
@@ -565,18 +616,6 @@ class Sampler:
                                    name=f"prompts[{i}]")
     return ids
 
-  def _stop_sequences(self, stop_strings: Sequence[str]) -> np.ndarray:
-    """[Ns, Ls] token sequences of the stop strings, right-aligned (-1 left)."""
-    seqs = [list(self.tokenizer.encode(s, add_special_tokens=False)) for s in stop_strings]
-    for s, seq in zip(stop_strings, seqs):
-      if not seq:
-        raise ValueError(f"stop_strings: {s!r} encodes to no tokens.")
-    width = max((len(q) for q in seqs), default=0)
-    out = np.full((len(seqs), width), _WILDCARD, np.int32)
-    for i, seq in enumerate(seqs):
-      out[i, width - len(seq):] = seq
-    return out
-
   def generate(self, prompts: Sequence[str] | Sequence[Sequence[int]], *, key: Array,
                temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                greedy: bool = False, stop_strings: Sequence[str] = (),
@@ -608,8 +647,7 @@ class Sampler:
       raise ValueError(f"top_k={top_k} must be in [0, vocab_size].")
     if num_samples < 1:
       raise ValueError(f"num_samples={num_samples} must be >= 1.")
-    if isinstance(stop_strings, str):
-      raise ValueError(f"stop_strings={stop_strings!r} must be a sequence of strings.")
+    stop_seqs = encode_stop_sequences(self.tokenizer, stop_strings)
     greedy = greedy or temperature == 0
     rows = [ids for ids in self._encode(prompts) for _ in range(num_samples)]
     b = len(rows)
@@ -648,7 +686,7 @@ class Sampler:
       out = self._generate(
           params, nnx.to_pure_dict(rest), *batch, key,
           jnp.float32(temperature if not greedy else 1.0), jnp.float32(top_p),
-          jnp.asarray(self._stop_sequences(stop_strings)), cfg=cfg)
+          jnp.asarray(stop_seqs), cfg=cfg)
     if jax.process_count() > 1:  # every process gets the whole batch
       out = multihost_utils.process_allgather(out, tiled=True)
     out = {name: np.asarray(value)[:b] for name, value in jax.device_get(out).items()}
