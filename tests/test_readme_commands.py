@@ -40,7 +40,7 @@ _BROKEN = {
     # Curriculum prompts are longer than the default max_prompt_len (issue 20, 3).
     "python -m experiments.train --config.algo.advantage=scrl": "--config.rl.max_prompt_len",
     "python -m experiments.relex --run_dir=r --no_such_flag=1": "no_such_flag",
-    "python -m experiments.study --methods=grpo,nope": "--methods",
+    "python -m experiments.study --config.study.methods=grpo,nope": "--config.study.methods",
 }
 
 
@@ -94,7 +94,9 @@ def _check_in_child(module: str, args: list[str], workdir: str, log: str) -> Non
   if module == _TRAIN:
     binary.main(argv)
   elif module == "experiments.study":
-    binary.check_arguments(flags.FLAGS.config, flags.FLAGS.methods)
+    from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+    binary.check_arguments(binary.regime_from_flags(
+        flags.FLAGS.config, config_flags.get_override_values(flags.FLAGS["config"])))
 
 
 def _warm_imports(modules: set[str]) -> None:

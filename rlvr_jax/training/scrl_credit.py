@@ -38,6 +38,7 @@ from rlvr_jax.data import scrl_prompts
 from rlvr_jax.data import subproblems
 from rlvr_jax.rewards import scorers
 from rlvr_jax.rewards import scrl_blocks
+from rlvr_jax.training import study_mechanisms
 
 Record = dict[str, Any]
 
@@ -126,6 +127,7 @@ class ScrlCredit:
         scores.malformed.reshape(p, self.half), plain_scored.correct.reshape(p, self.half),
         response_mask, chain_lengths)
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    metrics.update(study_mechanisms.prefix_rule_shares(scores.raw, scores.rewards))
     # The `reward/*` keys every method logs, over the plain rows (groups of
     # G/2 siblings), the ones every method is evaluated on.
     metrics.update(plain_scored.step_metrics(group_size=self.half))
