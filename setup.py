@@ -38,6 +38,7 @@ setuptools.setup(
         "torch": ["torch==2.13.0", "accelerate"],
         "bench": ["torch==2.13.0", "accelerate", "trl==1.16.0"],  # benchmarks/rl_step.py
         "gpu": ["jax[cuda12]"],
-        "tpu": ["jax[tpu]"],
+        # gcsfs: gs:// run folders through etils.epath (rlvr_jax/storage.py).
+        "tpu": ["jax[tpu]", "gcsfs"],
     },
 )

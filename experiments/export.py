@@ -17,6 +17,11 @@ checkpoints/<step>/) exports the same way, without a tokenizer.
 architecture comes from its model_config.json, the tokenizer from the
 model.source of its config.json. The checkpoint is read onto the host CPU
 whatever the accelerator and whatever device layout wrote it.
+
+A LoRA run (`--config.model.lora_rank`) saves its adapters only: the export
+loads the base weights from the model.source of its config.json and writes
+the merged W + (lora_alpha / lora_rank) A B (`rlvr_jax.models.lora`), a full
+model transformers reads without PEFT.
 """
 
 import json
@@ -27,11 +32,13 @@ from absl import app
 from absl import flags
 from absl import logging
 from etils import epath
+from flax import nnx
 import jax
 import orbax.checkpoint as ocp
 
 from rlvr_jax import checkpoints
 from rlvr_jax.models import loader
+from rlvr_jax.models import lora
 from rlvr_jax.models import tokenizer as tokenizer_lib
 from rlvr_jax.models import weights
 from rlvr_jax.models.config import ModelConfig
@@ -144,6 +151,35 @@ def restore_on_host(run_dir: str, step: int) -> Any:
   return checkpoints.restore_params(run_dir, step, target=target)
 
 
+def merge_adapters(run_dir: str, adapters: Any, config: ModelConfig) -> dict[str, Any]:
+  """A LoRA checkpoint's full weights: its base model with the adapters merged in.
+
+  Args:
+    run_dir: the trainer workdir (or a RELEX output folder of a LoRA run):
+      its config.json gives model.source and the adapters' alpha / r.
+    adapters: the checkpoint's params item (adapters only).
+    config: the run's model config (the base is loaded in its param_dtype).
+
+  Returns:
+    The nested pure dict of the merged parameters (host numpy).
+
+  Raises:
+    FlagError: config.json is missing or has no LoRA settings (naming it).
+  """
+  config_file = os.path.join(run_dir, "config.json")
+  try:
+    with open(config_file, encoding="utf-8") as f:
+      run_config = json.load(f)
+    scale = lora.run_scale(run_config, config_file)
+  except (OSError, KeyError, ValueError) as e:
+    raise FlagError(f"--run_dir={run_dir!r} holds LoRA adapters, and merging them needs "
+                    f"the run's config.json (model.source, lora_alpha, lora_rank): {e}") from e
+  with jax.default_device(jax.devices("cpu")[0]):
+    base, _, _ = loader.load_model(run_config["model"]["source"],
+                                   param_dtype=config.param_dtype)
+  return lora.merge_checkpoint(nnx.state(base, nnx.Param), adapters, scale=scale)
+
+
 def export_run(run_dir: str, out: str, *, step: int | None = None,
                overwrite: bool = False) -> dict[str, Any]:
   """Writes one checkpoint of a run as an HF folder (module docstring).
@@ -166,6 +202,8 @@ def export_run(run_dir: str, out: str, *, step: int | None = None,
     config = ModelConfig.from_dict(json.load(f))
   tokenizer = _run_tokenizer(run_dir, config.vocab_size)
   params = restore_on_host(run_dir, step)
+  if lora.is_adapter_tree(params):
+    params = merge_adapters(run_dir, params, config)
   if os.path.isdir(out):
     for name in os.listdir(out):
       if name.endswith(".safetensors") or name == weights.INDEX_FILE:

@@ -33,7 +33,7 @@ _MODEL = flags.DEFINE_enum("model", "qwen3_8b", sorted(config_lib.PRESETS),
 _TOPOLOGY = flags.DEFINE_string("topology", "v5e:8x8",
                                 "TPU slice: v4:AxBxC, v5e:AxB, v5p:AxBxC, v6e:AxB.")
 _PROGRAMS = flags.DEFINE_list("programs", [],
-                              "Compile only these (generate, stats, delta, update).")
+                              "Compile only these (generate, stats, delta, update; merge with LoRA).")
 
 
 def main(argv):

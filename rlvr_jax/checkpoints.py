@@ -11,6 +11,10 @@ Which steps are written and kept:
   latest `keep` are kept.
 Saves are asynchronous; orbax writes into a temporary folder and renames it
 when complete, so a run killed mid-save resumes from the last complete step.
+
+The workdir may be a local path (made absolute) or a URI such as
+gs://bucket/run, which orbax and TensorStore open themselves; the folder
+moves of this module go through `rlvr_jax.storage`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ from typing import Any
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
+
+from rlvr_jax import storage
 
 _ITEMS = ("params", "opt_state", "meta")
 
@@ -29,6 +36,14 @@ _ITEMS = ("params", "opt_state", "meta")
 # without a bound RELEX's per-tensor partial reads would decode (and hold)
 # every layer of a stacked parameter again for each slice.
 DEFAULT_CHUNK_BYTE_SIZE = 4 << 20
+
+
+def orbax_dir(directory: str) -> str:
+  """The folder as orbax takes it: a local path made absolute, a URI kept as it is.
+
+  (`os.path.abspath` would turn gs://bucket/run into <cwd>/gs:/bucket/run.)
+  """
+  return directory if storage.is_remote(directory) else os.path.abspath(directory)
 
 
 def storage_save_args(tree: Any, *, chunk_byte_size: int = DEFAULT_CHUNK_BYTE_SIZE) -> Any:
@@ -51,7 +66,7 @@ class Checkpointer:
       raise ValueError(f"train.keep={keep} must be >= 1.")
     if dense_window < 0:
       raise ValueError(f"train.dense_window={dense_window} must be >= 0.")
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.directory = orbax_dir(storage.join(workdir, "checkpoints"))
     policies = ocp.checkpoint_managers
     dense = list(range(dense_window + 1))
     options = ocp.CheckpointManagerOptions(
@@ -103,8 +118,8 @@ class Checkpointer:
 
     A step that fails to restore (a corrupted or truncated file) is logged
     with a warning, moved to `<workdir>/checkpoints_corrupt/<step>` (kept for
-    inspection, out of the way of the step's re-save) and the next older
-    step is tried.
+    inspection, out of the way of the step's re-save; process 0 moves it, the
+    others wait for it) and the next older step is tried.
 
     Returns:
       (step, params, opt_state, meta), or None when no step exists.
@@ -117,9 +132,11 @@ class Checkpointer:
       try:
         params, opt_state, meta = self.restore(step, params_target, opt_state_target)
       except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds
-        aside = os.path.join(os.path.dirname(self.directory), "checkpoints_corrupt")
-        os.makedirs(aside, exist_ok=True)
-        os.rename(os.path.join(self.directory, str(step)), os.path.join(aside, str(step)))
+        aside = storage.join(storage.path(self.directory).parent, "checkpoints_corrupt")
+        if jax.process_index() == 0:
+          storage.move(storage.join(self.directory, str(step)), storage.join(aside, str(step)))
+        if jax.process_count() > 1:
+          multihost_utils.sync_global_devices(f"checkpoint step {step} moved aside")
         self.manager.reload()
         logging.warning("checkpoint step %d in %s does not restore (%s: %s); moved to %s, "
                         "falling back to an older step", step, self.directory,
@@ -146,7 +163,7 @@ def restore_item(directory: str, item: str, step: int | None = None,
   """Reads one item of a run's checkpoint (latest step if None).
 
   Args:
-    directory: a run's workdir or its `checkpoints/` folder.
+    directory: a run's workdir or its `checkpoints/` folder (local or a URI).
     item: 'params', 'opt_state' or 'meta'.
     step: the step to read; None = the latest.
     target: optional tree of arrays giving shapes, dtypes and shardings (not
@@ -160,9 +177,9 @@ def restore_item(directory: str, item: str, step: int | None = None,
   if item not in _ITEMS:
     raise ValueError(f"item={item!r}: choose one of {_ITEMS}.")
   if os.path.basename(os.path.normpath(directory)) != "checkpoints":
-    directory = os.path.join(directory, "checkpoints")
+    directory = storage.join(directory, "checkpoints")
   manager = ocp.CheckpointManager(
-      os.path.abspath(directory), item_names=_ITEMS,
+      orbax_dir(directory), item_names=_ITEMS,
       options=ocp.CheckpointManagerOptions(read_only=True))
   if step is None:
     step = manager.latest_step()

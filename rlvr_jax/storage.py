@@ -4,7 +4,9 @@ One small API for the run's own files (metrics JSONL, config JSON, plots,
 TensorBoard event folders): every function takes a local path or a URI.
 Checkpoints go through orbax/TensorStore, which speak gs:// themselves.
 gs:// needs a backend: TensorFlow's gfile, or `gcsfs` through fsspec (what
-etils.epath picks when TensorFlow is absent).
+etils.epath picks when TensorFlow is absent; the `tpu` extra installs gcsfs).
+Local paths keep their plain os/open behaviour (appends in place, absolute
+checkpoint folders).
 
 Only process 0 writes a run's files (`is_main`); the others call nothing here.
 """
@@ -28,7 +30,69 @@ def path(p: PathLike) -> epath.Path:
 
 
 def is_remote(p: PathLike) -> bool:
+  """Whether `p` is a URI (gs://, s3://, ...) rather than a local path."""
   return "://" in os.fspath(p)
+
+
+def join(p: PathLike, *names: str) -> str:
+  """`p`/`names...` as a string; a URI keeps its scheme (gs://bucket/run/x)."""
+  return os.fspath(path(p).joinpath(*names))
+
+
+def exists(p: PathLike) -> bool:
+  return path(p).exists()
+
+
+def listdir(p: PathLike) -> list[str]:
+  """The names in folder `p` (sorted); [] when it does not exist."""
+  folder = path(p)
+  if not folder.is_dir():
+    return []
+  return sorted(child.name for child in folder.iterdir())
+
+
+def rmtree(p: PathLike) -> None:
+  """Deletes the folder `p` and everything in it."""
+  path(p).rmtree()
+
+
+def move(src: PathLike, dst: PathLike) -> None:
+  """Moves the file or folder `src` to the new name `dst`.
+
+  A local move is one rename. An object store has no folders to rename (and
+  a new "folder" exists only once it holds an object), so a remote folder is
+  copied file by file, streamed, then deleted.
+  """
+  if not (is_remote(src) or is_remote(dst)):
+    makedirs(path(dst).parent)
+    os.rename(src, dst)
+    return
+  source, target = path(src), path(dst)
+  if not source.is_dir():
+    _copy_file(source, target)
+    source.unlink()
+    return
+  for rel in _files(source):
+    _copy_file(source / rel, target / rel)
+  source.rmtree()
+
+
+def _files(folder: epath.Path, prefix: str = "") -> list[str]:
+  """Relative paths of the files under `folder`, listed folder by folder.
+
+  (Not `walk`: etils' fsspec backend drops the gs:// scheme of what it yields.)
+  """
+  out = []
+  for child in sorted(folder.iterdir(), key=lambda c: c.name):
+    rel = f"{prefix}{child.name}"
+    out.extend(_files(child, rel + "/") if child.is_dir() else [rel])
+  return out
+
+
+def _copy_file(src: epath.Path, dst: epath.Path) -> None:
+  makedirs(dst.parent)
+  with src.open("rb") as fin, dst.open("wb") as fout:
+    shutil.copyfileobj(fin, fout, 16 << 20)
 
 
 def makedirs(p: PathLike) -> epath.Path:
@@ -50,6 +114,10 @@ def read_text(p: PathLike) -> str:
 
 def write_json(p: PathLike, obj: Any, indent: int = 1) -> None:
   write_text(p, json.dumps(obj, indent=indent))
+
+
+def read_json(p: PathLike) -> Any:
+  return json.loads(read_text(p))
 
 
 def append_line(p: PathLike, line: str) -> None:

@@ -109,3 +109,33 @@ def test_8b_without_fsdp_does_not_fit_and_names_the_largest_array():
   l, d, f = model.num_layers, model.hidden_size, model.intermediate_size
   assert (f"[{l}, {d}, {f}]" in update["largest_argument"]
           or f"[{l}, {f}, {d}]" in update["largest_argument"]), update["largest_argument"]
+
+
+def test_tiny_lora_update_holds_adapters_and_a_bf16_base():
+  """LoRA rank 8, bf16 compute: the frozen base in bf16, adapters + Adam in float32."""
+  out = _plan(*_TINY, "--config.model.lora_rank=8", "--config.model.dtype=bfloat16",
+              "--programs=merge,generate,stats,update")
+  assert out["fits"] is True and out["lora_rank"] == 8
+  assert set(out["programs"]) == {"merge", "generate", "stats", "update"}
+  base = 14_944_512 // 2  # the f32 parameters per chip above, in bf16
+  # Adapters per layer per chip (elements; D=256 split over fsdp=4 -> 64,
+  # every other axis whole): A [in, r], B [r, out], r = 8.
+  per_layer = (64 * 8 + 8 * 4 * 64  # q: A [D/4, r], B [r, N, Dh]
+               + 2 * (64 * 8 + 8 * 2 * 64)  # k, v: B [r, K, Dh]
+               + 4 * 64 * 8 + 8 * 64  # o: A [N, Dh, r], B [r, D/4]
+               + 2 * (64 * 8 + 8 * 512)  # gate, up: B [r, F]
+               + 512 * 8 + 8 * 64)  # down: A [F, r], B [r, D/4]
+  adapters = 4 * per_layer * 4  # L = 4 layers, float32
+  assert adapters == 352_256
+  rows = 8
+  tokens, input_mask, per_token = rows * 256 * 4, rows * 256, rows * 128 * 4
+  expected = {
+      "merge": base + adapters,  # frozen base + adapters -> merged weights
+      # the sampler's merged bf16 weights + its inputs (as in the full run)
+      "generate": base + 128 * 4 + 128 + rows * 4 + rows + 8 + 4 + 4,
+      "stats": base + adapters + tokens + input_mask,
+      # Adam's mu, nu over the adapters only, + 2 int32 counts.
+      "update": base + adapters + (2 * adapters + 8) + tokens + input_mask + 3 * per_token,
+  }
+  for name, value in expected.items():
+    assert out["programs"][name]["sharded_argument_bytes"] == value, name

@@ -14,7 +14,8 @@ worker exports PYTHONUNBUFFERED=1 and JAX_COORDINATOR_ADDRESS=<worker 0>:$COORDI
 worker 0's address read from the TPU metadata (worker-network-endpoints) as JAX
 itself does, so rlvr_jax.sharding.initialize_distributed() calls
 jax.distributed.initialize(), which finds the process count and index by itself.
-On a pod slice --workdir must be storage every worker sees at the same path.
+On a pod slice --workdir must be storage every worker sees at the same path:
+a gs://bucket/folder (orbax writes the checkpoints, process 0 the other files).
 With --stop, kills run --run on every worker instead."
 ACCEPTS_EXTRA=1
 EXTRA_HELP="More flags for experiments.train, e.g. --config.rl.group_size=16."
@@ -22,7 +23,7 @@ define_tpu_flags
 define_remote_dir_flag
 define_run_flag
 define_flag config "" "Config file relative to the checkout, e.g. experiments/configs/default.py. Required unless --stop."
-define_flag workdir "" "Checkpoints and metrics: a path (relative to the checkout), the same storage on every worker of a pod slice; see tpu/README.md on gs://. Required unless --stop."
+define_flag workdir "" "Checkpoints and metrics: gs://bucket/folder, or a path (relative to the checkout) that is the same storage on every worker of a pod slice. Required unless --stop."
 define_list env "KEY=VALUE exported on every worker before training, e.g. LIBTPU_INIT_ARGS=..."
 define_bool stop "Stop run --run on every worker (kill its pid) instead of starting one."
 parse_flags "$@"

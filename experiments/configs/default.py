@@ -62,6 +62,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.param_dtype = "float32"  # Storage dtype of params and optimizer state.
   c.model.remat = "none"  # 16-row micro-batches fit in memory; remat costs ~30%.
   c.model.allow_long_context = False  # Allow P + T beyond max_position_embeddings.
+  # LoRA (rlvr_jax/models/lora.py): train rank-r adapters A, B on the target
+  # projections, y = x W + (alpha / r) x A B, instead of all weights; 0 = off.
+  c.model.lora_rank = 0
+  c.model.lora_alpha = 8.0  # alpha; PEFT's default (scale 1 at rank 8).
+  # Adapted projections (the decoder's Linear names): attention and MLP.
+  c.model.lora_targets = ("q", "k", "v", "o", "gate", "up", "down")
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Data-parallel axis; -1 = all devices not used below.

@@ -58,6 +58,7 @@ import tqdm
 
 from rlvr_jax import checkpoints
 from rlvr_jax import sharding
+from rlvr_jax import storage
 from rlvr_jax.data import files
 from rlvr_jax.data import iterator as data_iterator
 from rlvr_jax.data import prompts as prompts_lib
@@ -65,6 +66,7 @@ from rlvr_jax.data import tasks
 from rlvr_jax.evaluation import passk
 from rlvr_jax.models import decoder as decoder_lib
 from rlvr_jax.models import loader
+from rlvr_jax.models import lora
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.rewards import answers
 from rlvr_jax.rewards import math_checker
@@ -357,7 +359,7 @@ def load_run_model(config: ml_collections.ConfigDict, directory: str, step: int,
   The model is built the way the trainer builds it (`loader.load_model` of
   `model.source` with the run's dtypes), so the tokenizer is the run's and the
   compute dtype is the run's; then the checkpoint's parameters replace the
-  source's.
+  source's (a LoRA run's adapters are merged into them, `lora.merge_into`).
 
   Args:
     config: the trainer config.
@@ -372,7 +374,11 @@ def load_run_model(config: ml_collections.ConfigDict, directory: str, step: int,
   model, tokenizer, model_config = loader.load_model(
       c.model.source, dtype=c.model.dtype, param_dtype=c.model.param_dtype,
       remat=c.model.remat, mesh=mesh)
-  restore_into(model, directory, step)
+  adapters = lora.restore_adapters(directory, step)
+  if adapters is None:
+    restore_into(model, directory, step)
+  else:  # A LoRA run's checkpoint holds its adapters: merged into the base.
+    lora.merge_into(model, adapters, scale=lora.run_scale(c, "the run's config.json"))
   return model, tokenizer, model_config
 
 
@@ -637,26 +643,25 @@ def write_results(results: Sequence[BenchmarkResult], output_dir: str, *,
 
   Args:
     results: the evaluated benchmarks.
-    output_dir: created if needed.
+    output_dir: created if needed; a local folder or a URI such as
+      gs://bucket/eval (`rlvr_jax.storage`).
     settings: JSON-serializable run settings stored in metrics.json.
 
   Returns:
     {'metrics': path, 'table': path, '<benchmark>': samples path}.
   """
-  os.makedirs(output_dir, exist_ok=True)
+  storage.makedirs(output_dir)
   paths = {"metrics": os.path.join(output_dir, "metrics.json"),
            "table": os.path.join(output_dir, "results.md")}
-  with open(paths["metrics"], "w") as f:
-    json.dump({"settings": settings, "metrics": all_metrics(results),
-               "num_problems": {r.benchmark.name: len(r.benchmark.records) for r in results}},
-              f, indent=1)
-  with open(paths["table"], "w") as f:
-    f.write(format_table(results) + "\n")
+  storage.write_json(
+      paths["metrics"],
+      {"settings": settings, "metrics": all_metrics(results),
+       "num_problems": {r.benchmark.name: len(r.benchmark.records) for r in results}},
+      indent=1)
+  storage.write_text(paths["table"], format_table(results) + "\n")
   for result in results:
     path = os.path.join(output_dir, f"{result.benchmark.name}.samples.jsonl")
-    with open(path, "w") as f:
-      for row in result.problem_rows():
-        f.write(json.dumps(row) + "\n")
+    storage.write_text(path, "".join(json.dumps(row) + "\n" for row in result.problem_rows()))
     paths[result.benchmark.name] = path
   return paths
 

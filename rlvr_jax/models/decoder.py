@@ -75,6 +75,11 @@ class Linear(nnx.Module):
   [prod(batch), prod(in)] @ [prod(in), prod(out)]: XLA:CPU runs the backward
   pass of the equivalent multi-axis einsum ("btd,dnh->btnh") about 1.5x slower
   (benchmarks/train_step.py), while the 2-D form reaches its matmul peak.
+
+  LoRA (`rlvr_jax.models.lora.add_adapters`): with adapters `lora_a`
+  [*in, r] and `lora_b` [r, *out] (nnx.LoRAParam, None without LoRA) the
+  output adds lora_scale * (x A) B, computed in x's dtype as the kernel's
+  product is.
   """
 
   def __init__(self, kernel_shape: tuple[int, ...], kernel_axes: tuple[str | None, ...], *,
@@ -85,12 +90,21 @@ class Linear(nnx.Module):
     self.bias = nnx.Param(
         jnp.zeros(kernel_shape[-bias_dims:], param_dtype),
         logical_axes=kernel_axes[-bias_dims:]) if bias_dims else None
+    self.lora_a: nnx.LoRAParam | None = None
+    self.lora_b: nnx.LoRAParam | None = None
+    self.lora_scale = 0.0
 
   def __call__(self, x: Array) -> Array:
     kernel = self.kernel[...].astype(x.dtype)
     in_shape, out_shape = kernel.shape[:self.in_dims], kernel.shape[self.in_dims:]
     batch_shape = x.shape[:x.ndim - self.in_dims]
-    y = x.reshape(-1, math.prod(in_shape)) @ kernel.reshape(math.prod(in_shape), -1)
+    x2d = x.reshape(-1, math.prod(in_shape))
+    y = x2d @ kernel.reshape(math.prod(in_shape), -1)
+    if self.lora_a is not None:
+      a = self.lora_a[...].astype(x.dtype)
+      a = a.reshape(math.prod(in_shape), a.shape[-1])
+      b = self.lora_b[...].astype(x.dtype).reshape(a.shape[1], -1)
+      y = y + ((x2d @ a) * jnp.asarray(self.lora_scale, x.dtype)) @ b
     y = y.reshape(*batch_shape, *out_shape)
     if self.bias is not None:
       y = y + self.bias[...].astype(x.dtype)

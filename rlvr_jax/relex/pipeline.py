@@ -8,6 +8,14 @@ writes theta_0 + sum_r c*_r v_r for each target step as
 training. Diagnostics go to `<output_dir>/relex_diagnostics.{json,png}`.
 `experiments.relex` is its command line.
 
+A LoRA run's checkpoints hold its adapters (`rlvr_jax.models.lora`): RELEX
+fits and extrapolates the adapter trajectory (each A and B per layer, like
+any tensor), writes extrapolated adapters and copies the run's config.json
+beside them (the base model's source and alpha / r); evaluation and --hf_dir
+merge them into the base weights, W + (alpha / r) A B. A and B are fitted
+separately, so the extrapolated weight change (alpha / r) A(t) B(t) is a
+product of two fitted trajectories, not a fit of the product.
+
 Every argument, the output folder included, is checked before any checkpoint
 is read (`check_arguments`, `check_output_dir`): a bad flag fails in
 milliseconds, not after the whole computation.
@@ -22,10 +30,14 @@ from typing import Any, Sequence
 
 from absl import logging
 from etils import epath
+from flax import nnx
+import jax
 import ml_collections
 import numpy as np
 
 from rlvr_jax.evaluation import evaluate as evaluate_lib
+from rlvr_jax.models import loader
+from rlvr_jax.models import lora
 from rlvr_jax.relex import checkpoint_io
 from rlvr_jax.relex import diagnostics
 from rlvr_jax.relex import fit as fit_lib
@@ -134,6 +146,34 @@ def check_output_dir(output_dir: str | epath.Path, *, run_dir: str | epath.Path,
           "increasing steps: choose an empty --output_dir.")
 
 
+def _adapter_merger(run_dir: epath.Path, output_dir: epath.Path,
+                    model_config: epath.Path) -> Any:
+  """For a LoRA run: copies its config.json to `output_dir`; returns adapters -> full params.
+
+  The base model (the run's model.source in its model_config's param_dtype)
+  is loaded on the host at the first call, once.
+  """
+  config_file = run_dir / "config.json"
+  if not config_file.exists():
+    raise ValueError(f"--run_dir={str(run_dir)!r} holds LoRA adapters but no config.json "
+                     "(the base model's source and alpha / r).")
+  text = config_file.read_text()
+  (output_dir / "config.json").write_text(text)
+  run_config = json.loads(text)
+  scale = lora.run_scale(run_config, str(config_file))
+  base = []
+
+  def to_full(adapters: Any) -> dict[str, Any]:
+    if not base:
+      param_dtype = json.loads(model_config.read_text())["param_dtype"]
+      with jax.default_device(jax.devices("cpu")[0]):
+        model, _, _ = loader.load_model(run_config["model"]["source"], param_dtype=param_dtype)
+      base.append(nnx.state(model, nnx.Param))
+    return lora.merge_checkpoint(base[0], adapters, scale=scale)
+
+  return to_full
+
+
 def run(
     *,
     run_dir: str | epath.Path,
@@ -210,6 +250,9 @@ def run(
   model_config = epath.Path(run_dir) / "model_config.json"
   if model_config.exists():
     (output_dir / "model_config.json").write_text(model_config.read_text())
+  to_full = None
+  if any(lora.is_adapter_path(name) for name in run_checkpoints.params):
+    to_full = _adapter_merger(epath.Path(run_dir), output_dir, model_config)
   last_meta = run_checkpoints.meta(window[-1]) or {}
   shardings = checkpoint_io.output_shardings(run_checkpoints, sharding)
   errors = {}
@@ -230,7 +273,8 @@ def run(
       meta["model_config"] = last_meta["model_config"]
     outputs[target] = checkpoint_io.save_checkpoint(output_dir, target, params, meta)
     if hf_dir is not None:
-      checkpoint_io.export_hf(params, model_config, epath.Path(hf_dir) / str(target))
+      checkpoint_io.export_hf(params if to_full is None else to_full(params), model_config,
+                              epath.Path(hf_dir) / str(target))
     del params
 
   result = diagnostics.summarize(

@@ -30,6 +30,7 @@ from rlvr_jax.data import iterator as data_iterator
 from rlvr_jax.data import prompts
 from rlvr_jax.data import tasks
 from rlvr_jax.models import config as model_config_lib
+from rlvr_jax.models import lora
 from rlvr_jax.rewards import scorers
 from rlvr_jax.training import optimizer
 
@@ -175,6 +176,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail("reward.checker", c.reward.checker,
           f"scores reasoning-gym items only; --config.data.source={c.data.source!r} "
           "needs 'math_verify' (or 'exact', or 'auto').")
+  if c.model.lora_rank != 0:  # LoRA (models/lora.py) names its own flags.
+    lora.check(c.model.lora_rank, c.model.lora_alpha, c.model.lora_targets)
   _validate_reward_methods(c)
   # On-policy distillation (METHODS.md 7): its flags are checked by its module.
   from rlvr_jax.training import distill_credit  # pylint: disable=g-import-not-at-top
@@ -307,9 +310,8 @@ def model_config_and_tokenizer_path(source: str) -> tuple[Any, str]:
     if hub.is_hub_name(path):
       path = hub.snapshot_dir(path)
     if path.endswith(".gguf") and os.path.isfile(path):
-      import gguf  # pylint: disable=g-import-not-at-top
       from rlvr_jax.models import gguf_import  # pylint: disable=g-import-not-at-top
-      return gguf_import.config_from_gguf(gguf.GGUFReader(path), path), path
+      return gguf_import.config_from_gguf(gguf_import.read_metadata(path), path), path
     if os.path.isdir(path):
       return weights.config_from_hf(path), path
   except (ValueError, FileNotFoundError, KeyError) as e:
@@ -351,6 +353,10 @@ def rendered_prompts(config: ml_collections.ConfigDict, sources: Any, tokenizer:
   return texts
 
 
+# The last preflight that passed: (its config as JSON, its result).
+_last_preflight: tuple[str, Preflight] | None = None
+
+
 def preflight(config: ml_collections.ConfigDict) -> Preflight:
   """Every check that can fail, before the model's weights load (seconds).
 
@@ -359,6 +365,11 @@ def preflight(config: ml_collections.ConfigDict) -> Preflight:
   length against `rl.max_prompt_len`, and P + T (the longer of
   `rl.max_new_tokens` and `train.eval_max_new_tokens`) against the model's
   context length unless `model.allow_long_context`.
+
+  A second call with the same config (equal JSON) as the last one that passed
+  returns that result again (with a copy of its config) without redoing the
+  work: the binary checks before the trainer starts and the trainer checks
+  the same config again.
 
   Args:
     config: the run config from the command line.
@@ -369,6 +380,11 @@ def preflight(config: ml_collections.ConfigDict) -> Preflight:
   Raises:
     ValueError: naming the `--config.<path>` to change.
   """
+  global _last_preflight
+  key = config.to_json(sort_keys=True)
+  if _last_preflight is not None and _last_preflight[0] == key:
+    last = _last_preflight[1]
+    return dataclasses.replace(last, config=ml_collections.ConfigDict(last.config.to_dict()))
   validate(config)
   c = resolve(config)
   try:
@@ -395,5 +411,7 @@ def preflight(config: ml_collections.ConfigDict) -> Preflight:
           f"{c.rl.max_prompt_len + new_tokens} exceeds the model's context length "
           f"max_position_embeddings={context}; shorten them, or pass "
           "--config.model.allow_long_context=True to go beyond it.")
-  return Preflight(config=c, sources=sources, longest_prompt=longest,
-                   context_length=context)
+  checked = Preflight(config=c, sources=sources, longest_prompt=longest,
+                      context_length=context)
+  _last_preflight = (key, checked)
+  return checked

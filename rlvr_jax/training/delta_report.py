@@ -7,11 +7,12 @@ the decoded tokens with the lowest and highest coefficients
 pushed down (DelTA, 2026).
 """
 
-import os
 from typing import Protocol
 
-import numpy as np
 from matplotlib import figure
+import numpy as np
+
+from rlvr_jax import storage
 
 
 class Decoder(Protocol):
@@ -60,7 +61,8 @@ def coefficient_histogram(
     mask: [B, T] response mask; only tokens with mask > 0 are counted.
     advantages: [B] or [B, T] advantages A; side = sign(A), A = 0 tokens are
       left out.
-    path: output PNG file; its directory is created if needed.
+    path: output PNG file, local or a URI (`rlvr_jax.storage`); its folder is
+      created if needed.
     step: training step, shown in the title.
     bins: number of histogram bins.
 
@@ -89,10 +91,7 @@ def coefficient_histogram(
     ax.set_xlabel("DelTA coefficient c~")
   axes[0].set_ylabel("tokens")
   fig.suptitle(f"DelTA coefficients, step {step}")
-  directory = os.path.dirname(path)
-  if directory:
-    os.makedirs(directory, exist_ok=True)
-  fig.savefig(path, dpi=100)
+  storage.save_figure(fig, path, dpi=100)
   return path
 
 

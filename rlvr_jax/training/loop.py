@@ -24,8 +24,7 @@ and both jitted passes compute each group's prompt once.
 
 from __future__ import annotations
 
-import json
-import os
+import functools
 import time
 from typing import Any
 
@@ -41,12 +40,14 @@ import tqdm
 
 from rlvr_jax import checkpoints
 from rlvr_jax import sharding
+from rlvr_jax import storage
 from rlvr_jax.algorithms import circa
 from rlvr_jax.data import iterator as data_iterator
 from rlvr_jax.data import prompts as prompts_lib
 from rlvr_jax.evaluation import evaluate as evaluate_lib
 from rlvr_jax.evaluation import heldout
 from rlvr_jax.models import loader
+from rlvr_jax.models import lora as lora_lib
 from rlvr_jax.models import shared_prompt
 from rlvr_jax.rewards import math_checker
 from rlvr_jax.rewards import scorers
@@ -58,6 +59,7 @@ from rlvr_jax.training import metrics as metrics_lib
 from rlvr_jax.training import optimizer as optimizer_lib
 from rlvr_jax.training import run_state
 from rlvr_jax.training import step as step_lib
+from rlvr_jax.training import study_mechanisms
 
 
 def _global(mesh: jax.sharding.Mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -98,7 +100,7 @@ class Trainer:
     self.config = c = config = checked.config
     self.workdir = workdir
     run_state.prepare_workdir(workdir, config, overwrite=overwrite)
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     sharding.initialize_distributed()
     self.mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
     sharding.log_mesh(self.mesh)
@@ -108,10 +110,9 @@ class Trainer:
         c.model.source, dtype=c.model.dtype, param_dtype=c.model.param_dtype,
         remat=c.model.remat, mesh=self.mesh)
     if self.is_main:
-      with open(os.path.join(workdir, "model_config.json"), "w") as f:
-        json.dump(self.model_config.to_dict(), f, indent=1)
-      with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json(indent=1))
+      storage.write_json(storage.join(workdir, "model_config.json"),
+                         self.model_config.to_dict(), indent=1)
+      storage.write_text(storage.join(workdir, "config.json"), config.to_json(indent=1))
 
     # Data. Every process reads (and later scores) the whole rollout batch:
     # the sampler takes the global prompt list and splits its rows over all
@@ -147,9 +148,13 @@ class Trainer:
 
     # One train state: (params, opt_state). The model object keeps only the
     # parameters' shapes (the update donates their buffers); the sampler and
-    # the evaluation are given self.params.
+    # the evaluation are given `policy_params()`. With LoRA (model.lora_rank)
+    # the params are the adapters and `rest` the frozen base weights.
     self.graphdef, self.params, self.rest = step_lib.split_model(self.model)
     self.model = nnx.merge(self.graphdef, _shapes(self.params), self.rest)
+    self.lora = None
+    if c.model.lora_rank:
+      self._add_lora()
 
     # Sampler and the jitted steps.
     self.sampler = sampler_lib.Sampler(
@@ -211,6 +216,39 @@ class Trainer:
     self.writer = metrics_lib.MetricWriter(workdir, tensorboard=c.train.tensorboard)
     self.key = jax.random.key(c.rl.seed)
 
+  def _add_lora(self) -> None:
+    """LoRA (models/lora.py): the train state becomes the adapters alone.
+
+    The base weights, cast to the compute dtype (every use casts them to it,
+    so the forward is unchanged), become the frozen `rest` of the adapter
+    model that the jitted steps take; `self.model` stays the base decoder the
+    samplers run, given the merged weights (`policy_params`).
+    """
+    c = self.config
+    self.lora = lora_lib.LoraConfig(rank=c.model.lora_rank, alpha=float(c.model.lora_alpha),
+                                    targets=tuple(c.model.lora_targets))
+    dtype = jnp.dtype(c.model.dtype)
+    cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    with sharding.use_mesh(self.mesh):
+      base = jax.jit(lambda tree: jax.tree.map(cast, tree))(self.params)
+    lora_model = nnx.merge(self.graphdef, base, self.rest)
+    lora_lib.add_adapters(lora_model, self.lora, seed=c.rl.seed, mesh=self.mesh)
+    self.graphdef, self.params, self.rest = step_lib.split_model(lora_model)
+    self._merge = jax.jit(
+        functools.partial(lora_lib.merged_params, scale=self.lora.scale),
+        out_shardings=jax.tree.map(lambda x: x.sharding, nnx.to_pure_dict(base)))
+
+  def policy_params(self) -> Any:
+    """The decoder params the samplers and the evaluation take.
+
+    The train state's params, or with LoRA the base weights with the adapters
+    merged in, W + (alpha / r) A B (one jitted program, run before each use).
+    """
+    if self.lora is None:
+      return self.params
+    with sharding.use_mesh(self.mesh):
+      return self._merge(self.params, self.rest)
+
   def _make_credit(self) -> credit_lib.Credit:
     c = self.config
     if c.algo.advantage == "scrl":
@@ -234,7 +272,7 @@ class Trainer:
     """Greedy accuracy on the held-out records with the current params."""
     if self.env_rollout is not None:  # issue 18: greedy success on fixed episodes
       result, _ = self.env_rollout.evaluate(batch_size=self.config.train.eval_batch_size,
-                                            params=self.params)
+                                            params=self.policy_params())
       logging.info("%s held-out success %.4f on %d episodes", name, result.accuracy,
                    result.correct.size)
       return result
@@ -242,7 +280,7 @@ class Trainer:
     result = heldout.HeldOutResult.from_benchmark(evaluate_lib.evaluate_heldout(
         self.config, sampler=self.eval_sampler, tokenizer=self.tokenizer,
         sources=self.sources, reward_fn=self.eval_reward_fn, desc=f"eval {name}",
-        show_progress=self.is_main, params=self.params))
+        show_progress=self.is_main, params=self.policy_params()))
     logging.info("%s held-out accuracy %.4f on %d problems", name, result.accuracy,
                  len(self.sources.eval))
     return result
@@ -262,7 +300,7 @@ class Trainer:
     out = sampler.generate(
         texts, key=jax.random.fold_in(self.key, step), temperature=c.rl.temperature,
         top_p=c.rl.top_p, top_k=c.rl.top_k, stop_strings=tuple(c.rl.stop_strings),
-        params=self.params)
+        params=self.policy_params())
     timings["time/rollout_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -331,6 +369,7 @@ class Trainer:
         if c.algo.delta:
           gbatch["advantages"] = stats["advantages"]
           metrics.update(metrics_lib.to_floats(stats["delta_metrics"]))
+          metrics.update(self._delta_class_metrics(stats["delta_coef"], gbatch))
           if step in tuple(c.train.delta_report_steps):
             self._delta_report(step, stats["delta_coef"], gbatch)
       timings["time/old_stats_s"] = time.perf_counter() - t0
@@ -384,6 +423,15 @@ class Trainer:
     rows = len(batch["tokens"])
     return fit(rows), fit(rows // c.rl.mini_batches)
 
+  def _delta_class_metrics(self, coef: jax.Array, gbatch: dict[str, jax.Array]
+                           ) -> dict[str, float]:
+    """`delta/coef_mean/<class>` keys: mean c~ per token class (the study's DelTA measure)."""
+    coef, mask, adv, tokens = (_host(x) for x in (
+        coef, gbatch["response_mask"], gbatch["advantages"], gbatch["tokens"]))
+    return study_mechanisms.delta_class_metrics(
+        coef, mask, adv, tokens[:, self.prompt_len:],
+        decode=functools.partial(self.tokenizer.decode, skip_special_tokens=True))
+
   def _delta_report(self, step: int, coef: jax.Array, gbatch: dict[str, jax.Array]) -> None:
     from rlvr_jax.training import delta_report  # pylint: disable=g-import-not-at-top
     coef, mask, adv, tokens = (_host(x) for x in (
@@ -391,11 +439,10 @@ class Trainer:
     if not self.is_main:
       return
     tokens = tokens[:, self.prompt_len:]
-    path = os.path.join(self.workdir, f"delta_coefficients_step{step}.png")
+    path = storage.join(self.workdir, f"delta_coefficients_step{step}.png")
     delta_report.coefficient_histogram(coef, mask, adv, path, step)
     table = delta_report.extreme_tokens(coef, mask, tokens, self.tokenizer)
-    with open(os.path.join(self.workdir, f"delta_tokens_step{step}.txt"), "w") as f:
-      f.write(table)
+    storage.write_text(storage.join(self.workdir, f"delta_tokens_step{step}.txt"), table)
 
   # -- the run -------------------------------------------------------------------
 
@@ -440,20 +487,18 @@ class Trainer:
       return
     records = (list(self.sources.eval) if self.env_rollout is None  # issue 18: episodes
                else self.env_rollout.eval_records())
-    with open(path, "w") as f:
-      json.dump(result.to_json(records), f, indent=1)
+    storage.write_json(path, result.to_json(records), indent=1)
 
   def run(self) -> dict[str, Any]:
     """Trains for rl.steps iterations; evaluates before/after; returns a summary."""
     c = self.config
     start = self._restore_or_save_base()
     summary: dict[str, Any] = {}
-    before_path = os.path.join(self.workdir, "eval_before.json")
+    before_path = storage.join(self.workdir, "eval_before.json")
     before = None
     if c.train.eval_before:
-      if os.path.exists(before_path):
-        with open(before_path) as f:
-          before = np.asarray(json.load(f)["correct"], np.float32)
+      if storage.exists(before_path):
+        before = np.asarray(storage.read_json(before_path)["correct"], np.float32)
       else:
         result = self.evaluate("before")
         before = result.correct
@@ -499,10 +544,10 @@ class Trainer:
                            force=c.rl.steps not in self.checkpointer.all_steps())
     self.checkpointer.wait()
 
-    after_path = os.path.join(self.workdir, "eval_after.json")
-    if c.train.eval_after and start == c.rl.steps and os.path.exists(after_path):
-      with open(after_path) as f:  # a finished run, resumed: nothing changed
-        after = np.asarray(json.load(f)["correct"], np.float32)
+    after_path = storage.join(self.workdir, "eval_after.json")
+    if c.train.eval_after and start == c.rl.steps and storage.exists(after_path):
+      # A finished run, resumed: nothing changed.
+      after = np.asarray(storage.read_json(after_path)["correct"], np.float32)
       summary["accuracy_after"] = float(after.mean())
       if before is not None:
         summary["p_value"] = heldout.mcnemar_exact(before, after)
@@ -513,13 +558,13 @@ class Trainer:
       summary["accuracy_after"] = result.accuracy
       if before is not None:
         summary["p_value"] = heldout.mcnemar_exact(before, result.correct)
-    if self.is_main and os.path.exists(self.writer.path):
+    if self.is_main and storage.exists(self.writer.path):
       metrics_lib.plot_curves(
           self.writer.path, ("reward/mean", "reward/accuracy", "reward/format_rate"),
-          os.path.join(self.workdir, "reward_curve.png"), title=c.model.source)
+          storage.join(self.workdir, "reward_curve.png"), title=c.model.source)
       if self.env_rollout is not None:  # issue 18: each environment's level over steps
         self.env_rollout.plot_levels(self.writer.path,
-                                     os.path.join(self.workdir, "curriculum_levels.png"))
+                                     storage.join(self.workdir, "curriculum_levels.png"))
     return summary
 
   def close(self) -> None:

@@ -13,12 +13,15 @@ import functools
 import json
 import math
 import operator
-import os
+import shutil
+import tempfile
 from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from rlvr_jax import storage
 
 
 def combine_rule(key: str) -> str:
@@ -91,29 +94,44 @@ def to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 class MetricWriter:
-  """Appends one JSON line per step to metrics.jsonl and mirrors to TensorBoard."""
+  """Appends one JSON line per step to metrics.jsonl and mirrors to TensorBoard.
+
+  The run folder may be local or a URI (gs://...; `rlvr_jax.storage`). The
+  TensorBoard writer (tensorboardX) writes local files only, so for a URI it
+  writes to a local temporary folder that is copied to `<workdir>/tensorboard`
+  at each write and at `close`. Only process 0 writes.
+  """
 
   def __init__(self, workdir: str, *, tensorboard: bool = True):
     self.enabled = jax.process_index() == 0
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = storage.join(workdir, "metrics.jsonl")
     self._tb = None
+    self._tb_local = None  # the local event folder copied to a remote run folder
+    self._tb_target = storage.join(workdir, "tensorboard")
     if self.enabled:
-      os.makedirs(workdir, exist_ok=True)
+      storage.makedirs(workdir)
       if tensorboard:
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        events = self._tb_target
+        if storage.is_remote(workdir):
+          self._tb_local = events = tempfile.mkdtemp(prefix="rlvr_tensorboard_")
+        self._tb = SummaryWriter(events)
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
     scalars = to_floats(metrics)
     row = {"step": step, **{k: (v if math.isfinite(v) else None) for k, v in scalars.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    storage.append_line(self.path, json.dumps(row))
     if self._tb is not None:
       for key, value in scalars.items():
         self._tb.add_scalar(key, value, step)
       self._tb.flush()
+      self._sync_tensorboard()
+
+  def _sync_tensorboard(self) -> None:
+    if self._tb_local is not None:
+      storage.sync_folder(self._tb_local, self._tb_target)
 
   def truncate_after(self, step: int) -> int:
     """Drops the JSONL rows of steps > `step` (a resume redoes them); returns how many.
@@ -121,29 +139,34 @@ class MetricWriter:
     The TensorBoard events of those steps stay; TensorBoard shows the latest
     write of a step.
     """
-    if not self.enabled or not os.path.exists(self.path):
+    if not self.enabled or not storage.exists(self.path):
       return 0
-    with open(self.path) as f:
-      lines = [line for line in f if line.strip()]
+    lines = [line + "\n" for line in storage.read_text(self.path).splitlines() if line.strip()]
     kept = [line for line in lines if json.loads(line)["step"] <= step]
     if len(kept) != len(lines):
-      with open(self.path, "w") as f:
-        f.writelines(kept)
+      storage.write_text(self.path, "".join(kept))
     return len(lines) - len(kept)
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+      self._sync_tensorboard()
+      if self._tb_local is not None:
+        shutil.rmtree(self._tb_local, ignore_errors=True)
+      self._tb = None
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The rows of a JSONL file, local or a URI (`rlvr_jax.storage`)."""
+  return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
 
 
 def plot_curves(metrics_path: str, keys: tuple[str, ...], out_path: str,
                 title: str = "") -> str:
-  """Plots the given metric keys against step into a PNG; returns its path."""
+  """Plots the given metric keys against step into a PNG; returns its path.
+
+  Both paths may be local or URIs (`rlvr_jax.storage`).
+  """
   from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
   from matplotlib import figure  # pylint: disable=g-import-not-at-top
   rows = read_jsonl(metrics_path)
@@ -161,5 +184,5 @@ def plot_curves(metrics_path: str, keys: tuple[str, ...], out_path: str,
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(out_path, dpi=110)
+  storage.save_figure(fig, out_path, dpi=110)
   return out_path

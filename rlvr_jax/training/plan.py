@@ -14,6 +14,9 @@ The programs are the ones the trainer runs (loop.py), built by the same code:
     states, reference log-probs), step.py.
   delta:    `delta.delta_coefficients` on those hidden states (DelTA on).
   update:   `step.update_step` on one mini-batch with its micro-batches.
+  merge:    with LoRA (`--config.model.lora_rank`), the merge of the adapters
+    into the frozen base (compute dtype) that the sampler is given; stats and
+    update then train the float32 adapters (and their Adam moments) only.
 
 Per device, a program needs its arguments + outputs + temporaries, less the
 outputs that reuse donated argument buffers (`alias`). A program "fits" when
@@ -23,6 +26,7 @@ that total is at most the chip's HBM.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from typing import Any, Callable, Sequence
@@ -38,6 +42,7 @@ from rlvr_jax import sharding
 from rlvr_jax.algorithms import delta as delta_lib
 from rlvr_jax.models import config as config_lib
 from rlvr_jax.models import decoder as decoder_lib
+from rlvr_jax.models import lora
 from rlvr_jax.sampling import sampler as sampler_lib
 from rlvr_jax.training import config_checks
 from rlvr_jax.training import optimizer as optimizer_lib
@@ -61,7 +66,7 @@ class ProgramReport:
   """Compiled size of one program, per device.
 
   Attributes:
-    name: generate | stats | delta | update.
+    name: generate | stats | delta | update | merge (LoRA).
     argument_bytes: inputs resident on one device (XLA's count: TPU layouts
       pad the last two dimensions to tiles).
     sharded_argument_bytes: the same inputs' shard sizes without padding.
@@ -114,9 +119,10 @@ def topology_devices(topology: str) -> list[jax.Device]:
   return list(desc.devices)
 
 
-def model_config(preset: str, config: ml_collections.ConfigDict) -> config_lib.ModelConfig:
-  """The preset with the run's dtypes and remat (`--config.model.*`)."""
-  return config_lib.get_preset(preset).replace(
+def model_config(preset: str, config: ml_collections.ConfigDict,
+                 base: config_lib.ModelConfig | None = None) -> config_lib.ModelConfig:
+  """The preset (or `base`) with the run's dtypes and remat (`--config.model.*`)."""
+  return (base or config_lib.get_preset(preset)).replace(
       dtype=config.model.dtype, param_dtype=config.model.param_dtype,
       remat=config.model.remat)
 
@@ -235,6 +241,7 @@ _ARG_NAMES = {
     "stats": ("params", "rest", "batch", "ref_params"),
     "delta": ("hidden", "old_logp", "advantages", "response_mask"),
     "update": ("params", "rest", "opt_state", "batch"),
+    "merge": ("params", "rest"),
 }
 
 
@@ -245,6 +252,44 @@ class Programs:
   mesh: jax.sharding.Mesh
   model_config: config_lib.ModelConfig
   entries: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]]
+
+
+def _lora_state(config: ml_collections.ConfigDict, model: config_lib.ModelConfig,
+                mesh: jax.sharding.Mesh, base_params: Any
+                ) -> tuple[Any, Any, Any, Any, Any]:
+  """The LoRA train state as loop.Trainer builds it, abstract and sharded.
+
+  The trained params are the adapters (float32, so Adam's moments are too);
+  `rest` holds the frozen base weights in the compute dtype; the sampler gets
+  the merged weights, also in the compute dtype and laid out like the base
+  params (`base_params`, sharded), from the `merge` program.
+
+  Returns:
+    (graphdef, adapters, frozen rest, the sampler's merged params, the jitted
+    merge).
+  """
+  c = config
+  spec = lora.LoraConfig(rank=c.model.lora_rank, alpha=float(c.model.lora_alpha),
+                         targets=tuple(c.model.lora_targets))
+
+  def adapted():
+    decoder = decoder_lib.create_model(model)
+    lora.add_adapters(decoder, spec)
+    return decoder
+
+  graphdef, adapters, frozen = step_lib.split_model(nnx.eval_shape(adapted))
+  dtype = jnp.dtype(model.dtype)
+  frozen = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, dtype) if jnp.issubdtype(x.dtype, jnp.floating)
+      else x, frozen)
+  adapters = _place(adapters, sharding.state_shardings(adapters, mesh))
+  frozen = _place(frozen, sharding.state_shardings(frozen, mesh))
+  shardings = jax.tree.map(lambda x: x.sharding, nnx.to_pure_dict(base_params))
+  merge = jax.jit(functools.partial(lora.merged_params, scale=spec.scale),
+                  out_shardings=shardings)
+  merged = jax.tree.map(lambda x, sh: _abstract(x.shape, x.dtype, sh),
+                        jax.eval_shape(merge, adapters, frozen), shardings)
+  return graphdef, adapters, frozen, merged, merge
 
 
 def build_programs(config: ml_collections.ConfigDict, model: config_lib.ModelConfig,
@@ -280,6 +325,10 @@ def build_programs(config: ml_collections.ConfigDict, model: config_lib.ModelCon
   graphdef, params, rest = nnx.split(abstract_model, nnx.Param, ...)
   params = _place(params, sharding.state_shardings(params, mesh))
   rest = _place(rest, sharding.replicated(mesh))
+  sampler_graphdef, sampler_params, sampler_rest = graphdef, nnx.to_pure_dict(params), rest
+  merge = None
+  if c.model.lora_rank:
+    graphdef, params, rest, sampler_params, merge = _lora_state(c, model, mesh, params)
   optimizer = make_optimizer(c)
   opt_shardings = optax.tree_map_params(
       optimizer, lambda _, sh: sh, jax.eval_shape(optimizer.init, params),
@@ -297,11 +346,14 @@ def build_programs(config: ml_collections.ConfigDict, model: config_lib.ModelCon
   loop_cfg = sampler_lib._LoopConfig(  # pylint: disable=protected-access
       max_new_tokens=t, greedy=False, top_k=int(c.rl.top_k), use_top_p=c.rl.top_p < 1.0,
       eos_token_ids=model.eos_token_ids, pad_token_id=model.pad_token_id, prefix_len=0)
-  generate = sampler_lib._jitted_generate(graphdef, mesh)  # pylint: disable=protected-access
+  generate = sampler_lib._jitted_generate(sampler_graphdef, mesh)  # pylint: disable=protected-access
   key = jax.eval_shape(lambda: jax.random.key(0))
+  if merge is not None:  # LoRA: the sampler's params are the merged weights.
+    entries["merge"] = (merge.lower, (params, rest))
   entries["generate"] = (
       lambda *a: generate.lower(*a, cfg=loop_cfg),
-      (nnx.to_pure_dict(params), nnx.to_pure_dict(rest), batch((u, p), jnp.int32),
+      (sampler_params, nnx.to_pure_dict(sampler_rest),
+       batch((u, p), jnp.int32),
        batch((u, p), jnp.bool_), batch((rows,), jnp.int32), batch((rows,), jnp.bool_),
        _abstract(key.shape, key.dtype, rep), _abstract((), jnp.float32, rep),
        _abstract((), jnp.float32, rep), _abstract((0, 0), jnp.int32, rep)))
@@ -466,14 +518,19 @@ def summary(reports: Sequence[ProgramReport], *, hbm: int) -> dict[str, Any]:
 
 
 def plan(config: ml_collections.ConfigDict, *, preset: str, topology: str,
-         names: Sequence[str] | None = None) -> tuple[str, dict[str, Any]]:
+         names: Sequence[str] | None = None, model: config_lib.ModelConfig | None = None
+         ) -> tuple[str, dict[str, Any]]:
   """Compiles the run of `config` for `preset` on `topology`.
+
+  `model` (e.g. read from a run's `--config.model.source`, as
+  `experiments.train --plan_only` does) replaces the preset's config; `preset`
+  then only names it in the table and the JSON line.
 
   Returns:
     (printable table and explanations, the summary dict of `summary`).
   """
   hbm = hbm_bytes(topology)
-  model = model_config(preset, config)
+  model = model_config(preset, config, base=model)
   devices = topology_devices(topology)
   programs = build_programs(config, model, devices)
   reports = compile_programs(programs, names)
@@ -482,11 +539,13 @@ def plan(config: ml_collections.ConfigDict, *, preset: str, topology: str,
            f"{config.rl.prompts_per_batch}x{config.rl.group_size} rollouts, "
            f"P={config.rl.max_prompt_len} T={config.rl.max_new_tokens}, "
            f"dtype={model.dtype} params={model.param_dtype} remat={model.remat} "
-           f"micro={config.rl.micro_batches} delta={bool(config.algo.delta)}")
+           f"micro={config.rl.micro_batches} delta={bool(config.algo.delta)} "
+           f"lora_rank={config.model.lora_rank}")
   text = format_table(reports, hbm=hbm, title=title)
   why = explain(reports, config, model, hbm, mesh)
   out = summary(reports, hbm=hbm)
-  out.update(model=preset, topology=topology, chips=len(devices), mesh=mesh)
+  out.update(model=preset, topology=topology, chips=len(devices), mesh=mesh,
+             lora_rank=config.model.lora_rank)
   return text + ("\n" + why if why else ""), out
 
 

@@ -12,12 +12,12 @@ differing flags named, unless `overwrite`, which clears the folder.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from typing import Any
 
 from absl import logging
 import ml_collections
+
+from rlvr_jax import storage
 
 # Fields a resumed run may change: how long it trains and what it evaluates,
 # saves and logs; nothing that changes what a step computes.
@@ -63,7 +63,8 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, *,
   """Clears (`overwrite`) or checks a run folder before the run writes to it.
 
   Args:
-    workdir: the run folder (may not exist).
+    workdir: the run folder (may not exist): a local path or a URI such as
+      gs://bucket/run (`rlvr_jax.storage`).
     config: the run's resolved config.
     overwrite: delete the folder's contents first.
 
@@ -71,17 +72,16 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, *,
     ValueError: the folder holds a run of another config (the message lists
       each differing `--config.` flag with its old and new value).
   """
-  path = os.path.join(workdir, "config.json")
+  path = storage.join(workdir, "config.json")
   if overwrite:
-    if os.path.isdir(workdir) and os.listdir(workdir):
+    if storage.listdir(workdir):
       logging.warning("--overwrite: clearing %s", workdir)
-      shutil.rmtree(workdir)
+      storage.rmtree(workdir)
     return
-  if not os.path.exists(path):
+  if not storage.exists(path):
     return
   try:
-    with open(path) as f:
-      old = json.load(f)
+    old = storage.read_json(path)
   except json.JSONDecodeError as e:
     raise ValueError(f"{path}: not a readable config ({e}); pass --overwrite to start "
                      "the run folder afresh.") from e

@@ -39,6 +39,7 @@ from rlvr_jax.algorithms import delta as delta_lib
 from rlvr_jax.algorithms import kl_cov
 from rlvr_jax.algorithms import losses
 from rlvr_jax.models import logprobs as logprobs_lib
+from rlvr_jax.models import lora
 from rlvr_jax.models import shared_prompt
 from rlvr_jax.training import metrics as metrics_lib
 
@@ -362,8 +363,14 @@ def all_finite(tree: Any) -> Array:
 
 
 def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
-  """(graphdef, params, rest): the trainable params and everything else."""
-  return nnx.split(model, nnx.Param, ...)
+  """(graphdef, params, rest): the trainable params and everything else.
+
+  With LoRA adapters (`rlvr_jax.models.lora.add_adapters`) the trainable
+  params are the adapters (nnx.LoRAParam) and `rest` holds the frozen base
+  weights: every jitted step takes `rest` as its own argument, so the base
+  gets no gradient and no optimizer state, and is never donated.
+  """
+  return nnx.split(model, nnx.LoRAParam if lora.has_adapters(model) else nnx.Param, ...)
 
 
 def jit_update_step(graphdef: nnx.GraphDef, *, optimizer: optax.GradientTransformation,
