@@ -48,7 +48,7 @@ $(TUNIX_VENV)/.installed: $(VENV)/.installed
 
 test: setup $(TPU_VENV)/.installed
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 clean:
 	rm -rf $(VENV) $(TPU_VENV) .cache runs
