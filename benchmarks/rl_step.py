@@ -274,11 +274,11 @@ def main() -> None:
   if tunix_row is not None:
     print(f"(tunix: generation {tunix_row['generation_s']:.2f} s of the iteration; logits vs "
           f"transformers max |diff| {tunix_row['logits_max_abs_diff']:.2e} with its RoPE theta "
-          f"patched, {tunix_row['logits_max_abs_diff_unpatched']:.2f} without; its updates moved "
-          f"the weights by |delta| = {tunix_row['param_delta_norm']:.3e} "
-          f"(|params| = {tunix_row['param_norm']:.1f}); groups with mixed rewards: "
-          f"{tunix_row['mixed_reward_groups']} (with none every advantage is 0 and no update "
-          "can move them))")
+          f"patched, {tunix_row['logits_max_abs_diff_unpatched']:.2f} without; groups with mixed "
+          f"exact-answer rewards in the timed steps: {tunix_row['mixed_reward_groups']}; its "
+          f"updates, with one untimed step on a dense reward after them, moved the weights by "
+          f"|delta| = {tunix_row['param_delta_norm']:.3e} (|params| = "
+          f"{tunix_row['param_norm']:.1f}))")
   print(json.dumps(summary(ours, trl_row, tunix_row)))
 
 

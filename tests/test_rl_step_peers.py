@@ -96,6 +96,12 @@ def test_main_all_peers_prints_one_table_and_json(monkeypatch, capsys):
   assert [w for w, _ in calls] == ["ours", "trl", "export", "tunix"]
   assert all(p == rl_step.sys.executable for _, p in calls)
   assert [line.split()[0] for line in lines[1:4]] == ["rlvr_jax", "trl", "tunix"]
-  assert "6.60 without" in lines[5] and "groups with mixed rewards: 3" in lines[5]
+  assert "6.60 without" in lines[5] and "exact-answer rewards in the timed steps: 3" in lines[5]
   assert json.loads(lines[-1]) == {"ours_s": 10.0, "trl_s": 25.0, "speedup": 2.5,
                                    "tunix_s": 16.0, "speedup_vs_tunix": 1.6}
+
+
+def test_digit_share_by_hand():
+  assert _tunix_peer.digit_share("a1b2") == 0.5  # 2 digits of 4 characters
+  assert _tunix_peer.digit_share("12 + 3 = 15") == 5 / 11  # 1, 2, 3, 1, 5 of 11
+  assert _tunix_peer.digit_share("") == 0.0
