@@ -79,10 +79,7 @@ def main() -> None:
       weight_decay=c.optim.weight_decay, grad_clip=c.optim.grad_clip, b1=c.optim.b1,
       b2=c.optim.b2, eps=c.optim.eps)
   opt_state = optimizer.init(params)
-  loss_config = step_lib.LossConfig(
-      objective=c.algo.policy_loss, eps_low=c.algo.eps_low, eps_high=c.algo.eps_high,
-      agg=c.algo.loss_agg, max_response_len=c.rl.max_new_tokens,
-      temperature=c.rl.temperature)
+  loss_config = step_lib.LossConfig.from_config(c)
   update = step_lib.jit_update_step(graphdef, optimizer=optimizer, prompt_len=p,
                                     num_micro=c.rl.micro_batches, loss_config=loss_config,
                                     donate=False)
