@@ -21,7 +21,6 @@ from experiments import export
 from experiments.configs import tiny
 from rlvr_jax import checkpoints
 from rlvr_jax.evaluation import evaluate as evaluate_lib
-from rlvr_jax.models import config as config_lib
 from rlvr_jax.models import decoder as decoder_lib
 from rlvr_jax.models import loader
 from rlvr_jax.models import lora
@@ -31,27 +30,9 @@ from rlvr_jax.training import config_checks
 from rlvr_jax.training import loop
 from rlvr_jax.training import step as step_lib
 from test_model_parity import our_logits, torch_logits
+from test_train_step import _CFG, _P, _T, _batch  # the train-step tests' tiny model and batch
 
-_CFG = config_lib.tiny(vocab_size=64).replace(
-    num_layers=2, hidden_size=32, intermediate_size=64, num_heads=2,
-    num_kv_heads=1, head_dim=16)
-_P, _T, _B = 4, 6, 8
 _RANK, _ALPHA = 4, 8.0  # scale alpha / r = 2
-
-
-def _batch(seed=0):
-  rng = np.random.default_rng(seed)
-  tokens = rng.integers(0, _CFG.vocab_size, (_B, _P + _T)).astype(np.int32)
-  input_mask = np.ones((_B, _P + _T), bool)
-  input_mask[::3, :2] = False  # left padding on some prompts
-  response_mask = (np.arange(_T)[None] < rng.integers(2, _T + 1, (_B, 1))).astype(np.float32)
-  input_mask[:, _P:] = response_mask > 0
-  return {
-      "tokens": jnp.asarray(tokens), "input_mask": jnp.asarray(input_mask),
-      "response_mask": jnp.asarray(response_mask),
-      "old_logp": jnp.asarray(rng.normal(-3.0, 0.3, (_B, _T)).astype(np.float32)),
-      "advantages": jnp.asarray(rng.normal(size=(_B, _T)).astype(np.float32)),
-  }
 
 
 def _lora_model(seed=3):
