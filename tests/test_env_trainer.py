@@ -43,6 +43,13 @@ def test_ecom_tiny_runs_with_env_and_curriculum_metrics(tmp_path):
   assert len(evaluation["correct"]) == 2 == c.env.eval_episodes
   assert evaluation["problems"][0]["problem"] == "ecom seed 1000000000 level 0"
   assert summary["accuracy_after"] == np.mean(evaluation["correct"])
+  # The held-out per-constraint pass rates: in the JSON and in the final eval metrics row.
+  channels = evaluation["channels"]
+  assert channels["env/ecom/success"] == summary["accuracy_after"]
+  assert {"env/ecom/budget", "env/ecom/category", "env/ecom/quantity"} <= set(channels)
+  final = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")][-1]
+  for name, value in channels.items():
+    assert final[f"eval/{name}"] == value and 0.0 <= value <= 1.0, name
 
 
 def _adaptive(steps):

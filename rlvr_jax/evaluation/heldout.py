@@ -26,12 +26,16 @@ class HeldOutResult:
     formatted: [Q] float32, 1 where the response ended in one clean box.
     lengths: [Q] response lengths in tokens.
     responses: the Q decoded responses.
+    channels: mean of each reward channel over the problems that report it
+      (environment evaluations: 'env/<env>/<channel>', e.g. the e-commerce
+      environment's per-constraint pass rates); empty for the task evaluation.
   """
 
   correct: np.ndarray
   formatted: np.ndarray
   lengths: np.ndarray
   responses: list[str]
+  channels: dict[str, float] = dataclasses.field(default_factory=dict)
 
   @classmethod
   def from_benchmark(cls, result: evaluate.BenchmarkResult) -> HeldOutResult:
@@ -52,6 +56,7 @@ class HeldOutResult:
         f"{prefix}/accuracy": self.accuracy,
         f"{prefix}/format_rate": float(self.formatted.mean()) if self.formatted.size else 0.0,
         f"{prefix}/response_length": float(self.lengths.mean()) if self.lengths.size else 0.0,
+        **{f"{prefix}/{name}": value for name, value in self.channels.items()},
     }
 
   def to_json(self, records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -62,12 +67,16 @@ class HeldOutResult:
 
     Returns:
       {'accuracy', 'correct' [Q], 'problems': [{problem, answer, response,
-       correct}]}; a resumed run reads 'correct' back.
+       correct}]}, plus 'channels' when there are any; a resumed run reads
+      'correct' back.
     """
     rows = [{"problem": r["problem"], "answer": r["answer"], "response": text,
              "correct": float(ok)}
             for r, text, ok in zip(records, self.responses, self.correct)]
-    return {"accuracy": self.accuracy, "correct": self.correct.tolist(), "problems": rows}
+    out = {"accuracy": self.accuracy, "correct": self.correct.tolist(), "problems": rows}
+    if self.channels:
+      out["channels"] = dict(self.channels)
+    return out
 
 
 def mcnemar_exact(before: np.ndarray, after: np.ndarray) -> float:

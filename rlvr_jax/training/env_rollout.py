@@ -277,8 +277,7 @@ class EnvRollout:
     return [{"problem": f"{s['env']} seed {s['seed']} level {s['level']}", "answer": ""}
             for s in self.eval_specs()]
 
-  def evaluate(self, *, batch_size: int, params: Any = None
-               ) -> tuple[heldout.HeldOutResult, dict[str, float]]:
+  def evaluate(self, *, batch_size: int, params: Any = None) -> heldout.HeldOutResult:
     """Greedy success over `eval_specs()` with the policy's parameters.
 
     Args:
@@ -286,9 +285,9 @@ class EnvRollout:
       params: the policy's parameters (the trainer's train state).
 
     Returns:
-      (HeldOutResult: correct = success, formatted = the 'format' channel
-      where the environment has one, else 'checked_out', else 0; per-channel
-      means 'env/<env>/<channel>' for the eval metrics).
+      HeldOutResult: correct = success, formatted = the 'format' channel
+      where the environment has one, else 'checked_out', else 0, channels =
+      the per-channel means 'env/<env>/<channel>'.
     """
     specs = self.eval_specs()
     envs = {n: [self.factories[n]("eval") for _ in range(min(batch_size, len(specs)))]
@@ -305,11 +304,10 @@ class EnvRollout:
       lengths += episodes.response_mask.sum(axis=1).tolist()
       responses += ["\n---\n".join(t) for t in episodes.turns]
     formatted = [r.get("format", r.get("checked_out", 0.0)) for r in rewards]
-    result = heldout.HeldOutResult(
+    return heldout.HeldOutResult(
         correct=np.asarray([r[env_base.SUCCESS] for r in rewards], np.float32),
         formatted=np.asarray(formatted, np.float32), lengths=np.asarray(lengths),
-        responses=responses)
-    return result, channel_means(specs, rewards)
+        responses=responses, channels=channel_means(specs, rewards))
 
   # -- checkpoint state and plots -------------------------------------------------
 

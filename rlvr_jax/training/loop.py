@@ -271,8 +271,8 @@ class Trainer:
   def evaluate(self, name: str) -> heldout.HeldOutResult:
     """Greedy accuracy on the held-out records with the current params."""
     if self.env_rollout is not None:  # issue 18: greedy success on fixed episodes
-      result, _ = self.env_rollout.evaluate(batch_size=self.config.train.eval_batch_size,
-                                            params=self.policy_params())
+      result = self.env_rollout.evaluate(batch_size=self.config.train.eval_batch_size,
+                                         params=self.policy_params())
       logging.info("%s held-out success %.4f on %d episodes", name, result.accuracy,
                    result.correct.size)
       return result
