@@ -9,6 +9,7 @@ config's `:tiny` run end to end.
 
 import json
 import math
+import os
 
 from flax import nnx
 import jax
@@ -393,3 +394,4 @@ def test_method_config_tiny_runs(module, keys, tmp_path):
   for key in keys + ("reward/mean", "reward/accuracy", "policy/loss"):
     assert np.isfinite(train[0][key]), key
   assert train[0]["train/skipped"] == 0.0
+  assert os.path.getsize(tmp_path / "reward_channels.png") > 1000

@@ -562,6 +562,12 @@ class Trainer:
       metrics_lib.plot_curves(
           self.writer.path, ("reward/mean", "reward/accuracy", "reward/format_rate"),
           storage.join(self.workdir, "reward_curve.png"), title=c.model.source)
+      channels = sorted({key for row in metrics_lib.read_jsonl(self.writer.path) for key in row
+                         if key.startswith("reward/channel/")})
+      if channels:  # METHODS.md 6.1: each reward channel's curve
+        metrics_lib.plot_curves(self.writer.path, tuple(channels),
+                                storage.join(self.workdir, "reward_channels.png"),
+                                title=c.model.source)
       if self.env_rollout is not None:  # issue 18: each environment's level over steps
         self.env_rollout.plot_levels(self.writer.path,
                                      storage.join(self.workdir, "curriculum_levels.png"))
