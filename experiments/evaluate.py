@@ -21,8 +21,9 @@ per-problem JSONL of every sample and its verdict
   # greedy, n = 1 (`heldout/pass@1` equals the run's eval_after.json accuracy):
   python -m experiments.evaluate --checkpoint=runs/default
 
---checkpoint is a trainer workdir (orbax, with --step), an HF directory, a
-.gguf file, 'smollm2' or 'random:<preset>'. A workdir is evaluated with the
+--checkpoint is a trainer workdir (orbax, with --step; a local folder or a
+URI such as gs://bucket/run, read through `rlvr_jax.storage`), an HF
+directory, a .gguf file, 'smollm2' or 'random:<preset>'. A workdir is evaluated with the
 run's own settings (`evaluation.evaluate.load_for_evaluation` and
 `run_settings`): the model and tokenizer of its config.json's model.source
 with its dtypes, and as the defaults of the flags below its template,
@@ -30,7 +31,8 @@ instruction, system prompt, few-shot count, task kwargs, data seed, sampling
 temperature / top-p / top-k, stop strings, evaluation lengths and batch size;
 --benchmarks defaults to 'heldout', the run's held-out set evaluated exactly
 as the trainer does (greedy, n = 1). A flag given on the command line
-overrides the run's value. The last line printed is the flat metric dict as
+overrides the run's value. --results_dir may be a gs:// URI too; only
+process 0 writes it. The last line printed is the flat metric dict as
 one JSON object. Set JAX_COMPILATION_CACHE_DIR to reuse compiled code across
 runs.
 """
@@ -40,6 +42,7 @@ from typing import Any, Sequence
 
 from absl import app
 from absl import flags
+import jax
 import ml_collections
 
 from rlvr_jax import sharding
@@ -142,9 +145,10 @@ def main(argv: Sequence[str]) -> None:
   results = [evaluate.evaluate_loaded_heldout(loaded, mesh=mesh)
              if name == evaluate.HELDOUT else next(sampled) for name in v["benchmarks"]]
   settings = dict(v, checkpoint=loaded.description)
-  paths = evaluate.write_results(results, _RESULTS_DIR.value, settings=settings)
   print(evaluate.format_table(results))
-  print(f"wrote {', '.join(paths.values())}")
+  if jax.process_index() == 0:
+    paths = evaluate.write_results(results, _RESULTS_DIR.value, settings=settings)
+    print(f"wrote {', '.join(paths.values())}")
   print(json.dumps(evaluate.all_metrics(results)), flush=True)
 
 

@@ -16,7 +16,10 @@ checkpoints/<step>/) exports the same way, without a tokenizer.
 --run_dir is a trainer workdir (docs/CONVENTIONS.md, "Checkpoints"): the
 architecture comes from its model_config.json, the tokenizer from the
 model.source of its config.json. The checkpoint is read onto the host CPU
-whatever the accelerator and whatever device layout wrote it.
+whatever the accelerator and whatever device layout wrote it. --run_dir and
+--out may be local folders or URIs such as gs://bucket/run
+(`rlvr_jax.storage`; orbax reads the checkpoint itself); a gs:// --out is
+written to a local temporary folder first, then copied, by process 0 only.
 
 A LoRA run (`--config.model.lora_rank`) saves its adapters only: the export
 loads the base weights from the model.source of its config.json and writes
@@ -26,6 +29,7 @@ model transformers reads without PEFT.
 
 import json
 import os
+import tempfile
 from typing import Any, Sequence
 
 from absl import app
@@ -37,6 +41,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from rlvr_jax import checkpoints
+from rlvr_jax import storage
 from rlvr_jax.models import loader
 from rlvr_jax.models import lora
 from rlvr_jax.models import tokenizer as tokenizer_lib
@@ -91,13 +96,13 @@ def check_arguments(run_dir: str, out: str, step: int | None, overwrite: bool) -
     raise FlagError("--run_dir is required.")
   if not out:
     raise FlagError("--out is required.")
-  if not os.path.isdir(run_dir):
+  if not storage.isdir(run_dir):
     raise FlagError(f"--run_dir={run_dir!r} does not exist or is not a folder.")
-  checkpoint_dir = os.path.abspath(os.path.join(run_dir, "checkpoints"))
-  if not os.path.isdir(checkpoint_dir):
+  if not storage.isdir(storage.join(run_dir, "checkpoints")):
     raise FlagError(f"--run_dir={run_dir!r} has no checkpoints/ folder (not a trainer workdir).")
-  if not os.path.isfile(os.path.join(run_dir, "model_config.json")):
+  if not storage.isfile(storage.join(run_dir, "model_config.json")):
     raise FlagError(f"--run_dir={run_dir!r} has no model_config.json (the architecture).")
+  checkpoint_dir = checkpoints.orbax_dir(storage.join(run_dir, "checkpoints"))
   available = _steps(checkpoint_dir)
   if not available:
     raise FlagError(f"--run_dir={run_dir!r}: no complete checkpoint in {checkpoint_dir}.")
@@ -106,21 +111,25 @@ def check_arguments(run_dir: str, out: str, step: int | None, overwrite: bool) -
   elif step not in available:
     raise FlagError(f"--step={step}: no such checkpoint in {checkpoint_dir}; "
                     f"available steps: {available}.")
-  if os.path.abspath(out) == os.path.abspath(run_dir):
+  if _canonical(out) == _canonical(run_dir):
     raise FlagError(f"--out={out!r} is --run_dir; choose another folder.")
-  if os.path.exists(out) and not os.path.isdir(out):
+  if storage.isfile(out):
     raise FlagError(f"--out={out!r} is a file, not a folder.")
-  if os.path.isdir(out) and os.listdir(out) and not overwrite:
+  if storage.listdir(out) and not overwrite:
     raise FlagError(f"--out={out!r} is not empty; pass --overwrite to replace its export.")
   return step
 
 
+def _canonical(p: str) -> str:
+  """A folder's name for comparisons: a URI without its trailing '/', a local path absolute."""
+  return p.rstrip("/") if storage.is_remote(p) else os.path.abspath(p)
+
+
 def _run_tokenizer(run_dir: str, vocab_size: int) -> Any:
   """The tokenizer of the run's model.source, or None (with a warning) when unavailable."""
-  config_file = os.path.join(run_dir, "config.json")
+  config_file = storage.join(run_dir, "config.json")
   try:
-    with open(config_file, encoding="utf-8") as f:
-      source = json.load(f)["model"]["source"]
+    source = storage.read_json(config_file)["model"]["source"]
     tokenizer = loader.load_source_tokenizer(source)
     tokenizer_lib.check_vocab_size(tokenizer, vocab_size, origin=f"{config_file} model.source")
   except (OSError, KeyError, ValueError) as e:
@@ -144,7 +153,7 @@ def restore_on_host(run_dir: str, step: int) -> Any:
   Returns:
     The nested parameter dict.
   """
-  params_dir = epath.Path(run_dir).absolute() / "checkpoints" / str(step) / "params"
+  params_dir = epath.Path(checkpoints.orbax_dir(run_dir)) / "checkpoints" / str(step) / "params"
   tree = ocp.PyTreeCheckpointHandler().metadata(params_dir).tree
   cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), tree)
@@ -166,10 +175,9 @@ def merge_adapters(run_dir: str, adapters: Any, config: ModelConfig) -> dict[str
   Raises:
     FlagError: config.json is missing or has no LoRA settings (naming it).
   """
-  config_file = os.path.join(run_dir, "config.json")
+  config_file = storage.join(run_dir, "config.json")
   try:
-    with open(config_file, encoding="utf-8") as f:
-      run_config = json.load(f)
+    run_config = storage.read_json(config_file)
     scale = lora.run_scale(run_config, config_file)
   except (OSError, KeyError, ValueError) as e:
     raise FlagError(f"--run_dir={run_dir!r} holds LoRA adapters, and merging them needs "
@@ -198,17 +206,23 @@ def export_run(run_dir: str, out: str, *, step: int | None = None,
     FlagError: see `check_arguments`.
   """
   step = check_arguments(run_dir, out, step, overwrite)
-  with open(os.path.join(run_dir, "model_config.json"), encoding="utf-8") as f:
-    config = ModelConfig.from_dict(json.load(f))
+  config = ModelConfig.from_dict(storage.read_json(storage.join(run_dir, "model_config.json")))
   tokenizer = _run_tokenizer(run_dir, config.vocab_size)
   params = restore_on_host(run_dir, step)
   if lora.is_adapter_tree(params):
     params = merge_adapters(run_dir, params, config)
-  if os.path.isdir(out):
-    for name in os.listdir(out):
+  if jax.process_index() == 0:
+    for name in storage.listdir(out):
       if name.endswith(".safetensors") or name == weights.INDEX_FILE:
-        os.remove(os.path.join(out, name))
-  files = weights.export_hf_safetensors(params, config, out, tokenizer=tokenizer)
+        storage.remove(storage.join(out, name))
+  if storage.is_remote(out):  # the writers take local paths: stage, then copy
+    with tempfile.TemporaryDirectory() as staging:
+      written = weights.export_hf_safetensors(params, config, staging, tokenizer=tokenizer)
+      if jax.process_index() == 0:
+        storage.sync_folder(staging, out)
+    files = [storage.join(out, os.path.basename(f)) for f in written]
+  else:
+    files = weights.export_hf_safetensors(params, config, out, tokenizer=tokenizer)
   logging.info("exported step %d of %s to %s", step, run_dir, out)
   return {"step": step, "files": files, "tokenizer": tokenizer is not None}
 

@@ -43,6 +43,21 @@ def exists(p: PathLike) -> bool:
   return path(p).exists()
 
 
+def isdir(p: PathLike) -> bool:
+  """Whether `p` is a folder (on an object store: a prefix that holds objects)."""
+  return path(p).is_dir()
+
+
+def isfile(p: PathLike) -> bool:
+  """Whether `p` is a file (an object)."""
+  return path(p).is_file()
+
+
+def remove(p: PathLike) -> None:
+  """Deletes the file `p`."""
+  path(p).unlink()
+
+
 def listdir(p: PathLike) -> list[str]:
   """The names in folder `p` (sorted); [] when it does not exist."""
   folder = path(p)
@@ -156,8 +171,7 @@ def sync_folder(local_dir: PathLike, target: PathLike) -> None:
     rel = os.path.relpath(root, local_dir)
     out = makedirs(path(target) / rel if rel != "." else path(target))
     for name in files:
-      if is_remote(target):
-        with open(os.path.join(root, name), "rb") as f:
-          (out / name).write_bytes(f.read())
+      if is_remote(target):  # streamed: an exported model's weights are GBs
+        _copy_file(path(os.path.join(root, name)), out / name)
       else:
         shutil.copyfile(os.path.join(root, name), os.fspath(out / name))

@@ -56,7 +56,8 @@ def test_tiny_programs_compile_and_fit(tiny_plan):
     assert program["flops"] > 0
 
 
-def test_tiny_argument_bytes_are_the_sharded_sizes(tiny_plan):
+def _tiny_argument_bytes() -> dict[str, int]:
+  """Per-chip argument bytes of the _TINY programs on 4 chips (fsdp=4), by hand."""
   # Parameters (float32) per chip: the embed dim D=256 is split over fsdp=4
   # (64 per chip); vocab/heads/mlp go to tensor=1 (not split); layers stacked.
   embed = 49152 * 64 * 4  # [V, D/4] = 12,582,912
@@ -76,12 +77,16 @@ def test_tiny_argument_bytes_are_the_sharded_sizes(tiny_plan):
   # generate: U = 4 distinct prompts (1 per chip) [1, P] int32 + bool,
   # source int32 [8], row_valid bool [8], key uint32[2], temperature, top_p.
   generate = params + rest + 128 * 4 + 128 + rows * 4 + rows + 8 + 4 + 4
-  expected = {
+  return {
       "generate": generate,
       "stats": params + rest + tokens + input_mask,
       "delta": rows * 128 * 256 * 4 + 3 * per_token,  # hidden [8, T, D] + 3 x [8, T]
       "update": params + rest + adam + tokens + input_mask + 3 * per_token,
   }
+
+
+def test_tiny_argument_bytes_are_the_sharded_sizes(tiny_plan):
+  expected = _tiny_argument_bytes()
   programs = tiny_plan["programs"]
   for name, value in expected.items():
     assert programs[name]["sharded_argument_bytes"] == value, name
@@ -89,6 +94,38 @@ def test_tiny_argument_bytes_are_the_sharded_sizes(tiny_plan):
     assert programs[name]["argument_bytes"] >= value, name
   # DelTA's inputs are tile-aligned ([8, 128] float32 tiles): no padding.
   assert programs["delta"]["argument_bytes"] == expected["delta"]
+
+
+def test_v4_slices_have_one_device_per_chip():
+  """v4 runs in megacore mode: one JAX device per chip (2 TensorCores), 32 GiB HBM.
+
+  libtpu's default v4 description has a device per TensorCore, which JAX's
+  mesh utilities refuse ("requires one device per chip").
+  """
+  code = ("import json; from rlvr_jax.training import plan; print(json.dumps("
+          "{t: [[list(d.coords), d.num_cores] for d in plan.topology_devices(t)]"
+          " for t in ['v4:2x2x1', 'v4:2x2x2', 'v4:4x4x4']}))")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=_ROOT)
+  proc = subprocess.run([_TPU_PYTHON, "-c", code], cwd=_ROOT, env=env, capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  devices = json.loads(proc.stdout.strip().splitlines()[-1])
+  for topology, chips in (("v4:2x2x1", 4), ("v4:2x2x2", 8), ("v4:4x4x4", 64)):
+    coords = [tuple(c) for c, _ in devices[topology]]
+    assert len(coords) == len(set(coords)) == chips, topology  # distinct chips
+    assert {cores for _, cores in devices[topology]} == {2}, topology
+
+
+def test_tiny_on_v4_compiles_with_the_v4_hbm():
+  # v4:2x2x1 is 4 chips like v5e:2x2: the same mesh and per-chip arguments.
+  out = _plan(*[f for f in _TINY if not f.startswith("--topology")], "--topology=v4:2x2x1")
+  assert out["fits"] is True
+  assert out["hbm_bytes"] == 32 * _GIB  # v4: 32 GiB per chip
+  assert out["chips"] == 4
+  assert out["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+  for name, value in _tiny_argument_bytes().items():
+    assert out["programs"][name]["sharded_argument_bytes"] == value, name
+    assert out["programs"][name]["flops"] > 0, name
 
 
 def test_8b_without_fsdp_does_not_fit_and_names_the_largest_array():

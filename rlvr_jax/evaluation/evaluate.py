@@ -53,6 +53,7 @@ from flax import nnx
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from reasoning_gym import factory as reasoning_gym_factory
 import tqdm
 
@@ -292,16 +293,24 @@ def load_benchmarks(specs: Sequence[str], *, size: int, seed: int = 0,
 
 
 def is_run_dir(path: str) -> bool:
-  """Whether `path` is a trainer workdir (model_config.json + checkpoints/)."""
-  return (os.path.isfile(os.path.join(path, "model_config.json"))
-          and os.path.isdir(os.path.join(path, "checkpoints")))
+  """Whether `path` (local or a URI) is a trainer workdir (model_config.json + checkpoints/)."""
+  return (storage.isfile(storage.join(path, "model_config.json"))
+          and storage.isdir(storage.join(path, "checkpoints")))
 
 
 def saved_steps(run_dir: str) -> list[int]:
-  """Completed checkpoint steps of a run (orbax's temporary folders excluded)."""
-  directory = os.path.join(run_dir, "checkpoints")
-  return sorted(int(d) for d in os.listdir(directory)
-                if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+  """Completed checkpoint steps of a run, as orbax lists them.
+
+  Orbax's own listing excludes unfinished saves on every file system: local
+  temporary folders, and on gs:// the step folders without their commit file
+  (an object store has no rename, so a step being written has its final name).
+  """
+  manager = ocp.CheckpointManager(
+      checkpoints.orbax_dir(storage.join(run_dir, "checkpoints")),
+      options=ocp.CheckpointManagerOptions(read_only=True))
+  steps = sorted(manager.all_steps())
+  manager.close()
+  return steps
 
 
 def restore_into(model: decoder_lib.Decoder, directory: str, step: int) -> None:
@@ -339,16 +348,15 @@ class Loaded:
 
 def read_run_config(run_dir: str) -> ml_collections.ConfigDict:
   """The trainer config a run folder was trained with (`<run_dir>/config.json`)."""
-  path = os.path.join(run_dir, "config.json")
-  if not os.path.isfile(path):
+  path = storage.join(run_dir, "config.json")
+  if not storage.isfile(path):
     raise FileNotFoundError(
         f"--checkpoint={run_dir!r}: {path} is missing; the trainer writes it and the "
         "evaluation of a run folder needs it (model source, template, few-shot, task).")
-  with open(path) as f:
-    try:
-      return ml_collections.ConfigDict(json.load(f))
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}: not valid JSON: {e}") from e
+  try:
+    return ml_collections.ConfigDict(storage.read_json(path))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON: {e}") from e
 
 
 def load_run_model(config: ml_collections.ConfigDict, directory: str, step: int, *,
@@ -416,9 +424,8 @@ def load_for_evaluation(source: str, *, step: int | None = None,
   if step not in steps:
     raise ValueError(f"--step={step}: not saved in {source!r}; available: {steps}.")
   model, tok, model_config = load_run_model(config, source, step, mesh=mesh)
-  path = os.path.join(source, "model_config.json")
-  with open(path) as f:
-    saved = json.load(f)
+  path = storage.join(source, "model_config.json")
+  saved = storage.read_json(path)
   built = json.loads(json.dumps(model_config.to_dict()))
   differ = sorted(k for k in set(saved) | set(built) if saved.get(k) != built.get(k))
   if differ:
@@ -788,7 +795,8 @@ def run_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def _split_params_path(path: str) -> tuple[str, int]:
   """('<...>/checkpoints', step) of a `<...>/checkpoints/<step>[/params]` path."""
-  path = os.path.normpath(path)
+  # (normpath would turn gs://bucket into gs:/bucket.)
+  path = path.rstrip("/") if storage.is_remote(path) else os.path.normpath(path)
   if os.path.basename(path) == "params":
     path = os.path.dirname(path)
   step = os.path.basename(path)

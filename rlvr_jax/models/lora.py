@@ -282,7 +282,7 @@ def restore_adapters(directory: str, step: int) -> dict[str, Any] | None:
     The restored `params` item (nested, each Variable as {'value': array}) of
     a LoRA run, or None for a full-parameter checkpoint.
   """
-  root = epath.Path(directory)
+  root = epath.Path(checkpoints.orbax_dir(directory))
   if root.name != "checkpoints":
     root = root / "checkpoints"
   tree = ocp.PyTreeCheckpointHandler().metadata(root / str(step) / "params").tree

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 from etils import epath
 import numpy as np
 
+from rlvr_jax import storage
 from rlvr_jax.relex import fit as fit_lib
 
 # Tensors plotted when none are named: the ones with the largest sigma_1.
@@ -246,6 +247,6 @@ def plot(diagnostics: Mapping[str, Any], path: str | epath.Path, *,
   for ax in axes[:, 2:].T.ravel()[len(chosen):]:
     ax.axis("off")
   fig.tight_layout()
-  fig.savefig(str(path), dpi=90)
+  storage.save_figure(fig, path, dpi=90)  # local or gs://
   plt.close(fig)
   return chosen

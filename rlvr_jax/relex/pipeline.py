@@ -35,6 +35,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from rlvr_jax import storage
 from rlvr_jax.evaluation import evaluate as evaluate_lib
 from rlvr_jax.models import loader
 from rlvr_jax.models import lora
@@ -127,14 +128,16 @@ def check_output_dir(output_dir: str | epath.Path, *, run_dir: str | epath.Path,
     run_dir: the --run_dir value.
     target_steps: the steps to write.
   """
-  out = os.path.realpath(os.fspath(output_dir))
-  run = os.path.realpath(os.fspath(run_dir))
-  if out == run or out.startswith(run + os.sep):
+  # A URI (gs://) compared as written: realpath would make it a local path.
+  canonical = lambda p: (os.fspath(p).rstrip("/") if storage.is_remote(p)
+                         else os.path.realpath(os.fspath(p)))
+  out, run = canonical(output_dir), canonical(run_dir)
+  if out == run or out.startswith(run.rstrip("/") + "/"):
     raise ValueError(
         f"--output_dir={str(output_dir)!r} is {'--run_dir' if out == run else 'inside --run_dir'}"
         f"={str(run_dir)!r}: RELEX would add extrapolated checkpoints (without optimizer "
         "state) to the training run; choose a folder outside it.")
-  if os.path.exists(out) and not os.path.isdir(out):
+  if storage.isfile(out):
     raise ValueError(f"--output_dir={str(output_dir)!r} is a file, not a folder.")
   existing = _saved_steps(epath.Path(out) / "checkpoints")
   if existing:

@@ -106,12 +106,23 @@ def hbm_bytes(topology: str) -> int:
   return HBM_BYTES[generation]
 
 
+# libtpu's chip configuration per generation. A v4 chip has two TensorCores
+# that libtpu describes, by default, as two devices per chip; JAX's mesh
+# utilities refuse that ("Creating meshes for TPU >v3 requires one device per
+# chip"), and a v4 slice runs in megacore mode: one device per chip, both
+# cores, the chip's 32 GiB. (v5p is megacore already; v5e / v6e have one core
+# per chip and no megacore config.)
+_CHIP_CONFIG = {"v4": "megacore"}
+
+
 def topology_devices(topology: str) -> list[jax.Device]:
-  """The devices of a TPU slice, compiled for from this host (needs libtpu)."""
+  """The devices of a TPU slice, one per chip, compiled for from this host (needs libtpu)."""
   hbm_bytes(topology)
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  chip_config = _CHIP_CONFIG.get(topology.split(":")[0], "default")
   try:
-    desc = topologies.get_topology_desc(platform="tpu", topology_name=topology)
+    desc = topologies.get_topology_desc(platform="tpu", topology_name=topology,
+                                        chip_config_name=chip_config)
   except Exception as e:  # libtpu missing or an unknown shape: say which.
     raise ValueError(f"--topology={topology!r}: no TPU topology ({e}). It needs libtpu "
                      "(pip install 'jax[tpu]==<jax version>') and a name like "

@@ -22,12 +22,12 @@ tokens): the log-ratio compares the probabilities of the same token ids.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 from flax import nnx
 import jax
 
+from rlvr_jax import storage
 from rlvr_jax.training import step as step_lib
 
 
@@ -54,7 +54,7 @@ def check_source(source: str) -> None:
   if not source:
     raise ValueError("--config.distill.teacher='' : OPD needs a teacher (a run folder, "
                      "HF folder, .gguf, 'smollm2' or 'random:<preset>').")
-  if _is_named_model(source) or os.path.exists(source):
+  if _is_named_model(source) or storage.exists(source):
     return
   raise FileNotFoundError(
       f"--config.distill.teacher={source!r} does not exist; {DEFAULT_RUN_HINT}, or pass "
@@ -129,7 +129,7 @@ def load_teacher(source: str, *, student_tokenizer: Any, student_source: str,
   if evaluate_lib.is_run_dir(source):
     loaded = evaluate_lib.load_for_evaluation(source, mesh=mesh)
     model, tokenizer, description = loaded.model, loaded.tokenizer, loaded.description
-  elif os.path.isdir(source) and os.path.isdir(os.path.join(source, "checkpoints")):
+  elif storage.isdir(storage.join(source, "checkpoints")):
     raise FileNotFoundError(
         f"--config.distill.teacher={source!r} has checkpoints/ but no model_config.json: "
         "not a complete trainer run folder.")
