@@ -15,6 +15,7 @@ import pytest
 from experiments.configs import adaptive
 from experiments.configs import ecom
 from rlvr_jax import checkpoints
+from rlvr_jax.envs import reasoning_gym_env
 from rlvr_jax.training import env_rollout
 from rlvr_jax.training import loop
 
@@ -67,25 +68,25 @@ def test_adaptive_tiny_levels_move_and_resume_restores_the_curriculum(tmp_path):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   loop.train_and_evaluate(_adaptive(2), straight)
   rows = _rows(straight)
-  assert [r["curriculum/basic_arithmetic/level"] for r in rows] == [2.0, 1.0]
-  assert [r["env/basic_arithmetic/success"] for r in rows] == [0.0, 0.0]
-  assert all(math.isfinite(r["env/basic_arithmetic/format"]) for r in rows)
+  assert [r["curriculum/chain_sum/level"] for r in rows] == [2.0, 1.0]
+  assert [r["env/chain_sum/success"] for r in rows] == [0.0, 0.0]
+  assert all(math.isfinite(r["env/chain_sum/format"]) for r in rows)
   meta = checkpoints.restore_item(straight, "meta", 2)
-  assert meta["env"]["curriculum"]["controllers"]["basic_arithmetic"] == {
+  assert meta["env"]["curriculum"]["controllers"]["chain_sum"] == {
       "level": 1, "outcomes": []}
   assert meta["env"]["groups_drawn"] == 4
 
   loop.train_and_evaluate(_adaptive(1), resumed)
   loop.train_and_evaluate(_adaptive(2), resumed)
   assert checkpoints.restore_item(resumed, "meta", 2)["env"] == meta["env"]
-  assert [r["curriculum/basic_arithmetic/level"] for r in _rows(resumed)] == [2.0, 1.0]
+  assert [r["curriculum/chain_sum/level"] for r in _rows(resumed)] == [2.0, 1.0]
 
 
 def test_fixed_difficulty_keeps_the_level(tmp_path):
   c = _adaptive(1)
   c.curriculum.adaptive = False
   loop.train_and_evaluate(c, str(tmp_path))
-  assert _rows(str(tmp_path))[0]["curriculum/basic_arithmetic/level"] == 3.0
+  assert _rows(str(tmp_path))[0]["curriculum/chain_sum/level"] == 3.0
 
 
 @pytest.mark.parametrize("path,value,message", [
@@ -108,3 +109,15 @@ def test_channel_means_count_only_episodes_with_the_channel():
   assert env_rollout.channel_means(specs, rewards) == {
       "env/ecom/success": 1 / 3, "env/ecom/color": 0.5,  # (1 + 0) / 2, not / 3
       "env/chain_sum/success": 1.0, "env/chain_sum/format": 1.0}
+
+
+def test_worked_examples_flag_errors_name_the_flag():
+  c = ecom.get_config("tiny")
+  c.env.few_shot = 1
+  envs = {name: make("train") for name, make in env_rollout.env_factories(c).items()}
+  with pytest.raises(ValueError, match=r"--config\.env\.few_shot=1: environment 'ecom' has no"):
+    env_rollout._worked_examples(c, envs)
+  c = adaptive.get_config("tiny")
+  examples = env_rollout._worked_examples(c, {"chain_sum": reasoning_gym_env.ReasoningGymEnv(
+      "chain_sum", split="train")})
+  assert len(examples) == 1 and examples[0][1].endswith("}.")

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from rlvr_jax.envs import base
+from rlvr_jax.envs import reasoning_gym_env
 from rlvr_jax.envs import tools
 from rlvr_jax.models import decoder
 from rlvr_jax.models import loader
@@ -240,3 +241,28 @@ def test_loss_mask_is_exactly_the_models_tokens_on_a_smollm2_episode():
   assert mask.sum() == len(model1) + len(model2)
   np.testing.assert_array_equal(layout["logp"][0][mask == 1],
                                 [-1.0] * len(model1) + [-2.0] * len(model2))
+
+
+def test_worked_examples_are_chat_turns_before_the_first_observation():
+  """A chain_sum worked example rendered by ChatTurns equals the chat template's
+  own rendering of the conversation, and its turn states the item's sum."""
+  tok = tokenizer_lib.load_tokenizer(loader.default_gguf_path())
+  env = reasoning_gym_env.ReasoningGymEnv("chain_sum", split="train")
+  user, turn = env.worked_example(0)
+  expression = env.generate(seed=reasoning_gym_env._MAX_SEED, level=0)["metadata"]["expression"]
+  a, op, b = expression.split()
+  answer = int(a) + int(b) if op == "+" else int(a) - int(b)
+  assert turn == f"{expression} = {answer}.\nThe final answer is \\boxed{{{answer}}}."
+  assert user.endswith("=\nPut your final answer within \\boxed{}.")
+  assert env.worked_example(2) != (user, turn)  # (examples 0 and 1 happen to be alike)
+  chat = multiturn.ChatTurns.from_tokenizer(tok, examples=[(user, turn)])
+  messages = [{"role": "user", "content": user}, {"role": "assistant", "content": turn},
+              {"role": "user", "content": "Calculate 1 + 1."}]
+  assert chat.prompt("Calculate 1 + 1.") == tok.apply_chat_template(
+      messages, tokenize=False, add_generation_prompt=True)
+  # The turns after the first observation are the same as without examples.
+  plain = multiturn.ChatTurns.from_tokenizer(tok)
+  assert (chat.user_prefix, chat.user_suffix, chat.end_of_turn) == (
+      plain.user_prefix, plain.user_suffix, plain.end_of_turn)
+  with pytest.raises(NotImplementedError, match="no worked examples"):
+    EchoEnv().worked_example(0)

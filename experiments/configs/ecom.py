@@ -34,6 +34,7 @@ def add_env_fields(c: ml_collections.ConfigDict, *, name: str) -> None:
   c.env.max_results = 3  # Products listed by one search (ecom).
   c.env.eval_episodes = 64  # Held-out episodes per environment.
   c.env.eval_level = 0  # Held-out level; -1 = the hardest.
+  c.env.few_shot = 0  # Worked examples as chat turns before the first observation.
   c.curriculum = ml_collections.ConfigDict()
   c.curriculum.adaptive = True  # Level controller on; False keeps env.level.
   c.curriculum.window = 32  # Episodes at a level before a decision.

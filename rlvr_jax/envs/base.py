@@ -150,6 +150,18 @@ class Environment(abc.ABC):
     return StepResult(observation="Episode over: context full.", done=True,
                       rewards=self._final_rewards())
 
+  def worked_example(self, index: int) -> tuple[str, str]:
+    """A solved episode for few-shot prompting: (first observation, model turn).
+
+    Args:
+      index: which example (0, 1, ...); examples never coincide with an
+        episode the trainer draws.
+
+    Raises:
+      NotImplementedError: the environment has no worked examples.
+    """
+    raise NotImplementedError(f"environment {self.name!r} has no worked examples")
+
   @abc.abstractmethod
   def _reset(self, *, seed: int, level: int) -> str:
     """Generates the episode's problem from (seed, level); the first text."""

@@ -99,12 +99,16 @@ class ChatTurns:
     return close + self.user_prefix + observation + self.user_suffix
 
   @classmethod
-  def from_tokenizer(cls, tokenizer: Any, *, system_prompt: str = "") -> ChatTurns:
+  def from_tokenizer(cls, tokenizer: Any, *, system_prompt: str = "",
+                     examples: Sequence[tuple[str, str]] = ()) -> ChatTurns:
     """The pieces of a tokenizer's chat template (rendered around sentinels).
 
     Args:
       tokenizer: an HF tokenizer with a chat template and an EOS token.
       system_prompt: '' keeps the template's default system turn.
+      examples: worked examples, (user, assistant) text pairs rendered as
+        turns before the first observation (in `prompt_prefix`), as
+        `data.prompts.render_prompt` renders few-shot examples for 'chat'.
 
     Returns:
       The ChatTurns whose texts concatenate to the template's rendering of
@@ -117,6 +121,9 @@ class ChatTurns:
     if not getattr(tokenizer, "chat_template", None):
       raise ValueError("the tokenizer has no chat template; multi-turn episodes need one")
     head = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    for user_text, assistant_text in examples:
+      head += [{"role": "user", "content": user_text},
+               {"role": "assistant", "content": assistant_text}]
     user, assistant = "\x00USER\x00", "\x00ASSISTANT\x00"
     render = lambda messages: tokenizer.apply_chat_template(
         head + messages, tokenize=False, add_generation_prompt=True)

@@ -40,6 +40,7 @@ from typing import Any, Mapping, Sequence
 import reasoning_gym
 from reasoning_gym import factory
 
+from rlvr_jax.data import prompts
 from rlvr_jax.data import tasks
 from rlvr_jax.envs import base
 from rlvr_jax.envs import tools
@@ -174,6 +175,29 @@ class ReasoningGymEnv(base.Environment):
   def _reset(self, *, seed: int, level: int) -> str:
     self.entry = self.generate(seed=seed, level=level)
     return f"{self.entry['question']}\n{INSTRUCTION}"
+
+  def worked_example(self, index: int) -> tuple[str, str]:
+    """A level-0 item and its solved turn, as the task's few-shot examples.
+
+    The item is this split's (seed = the largest seed - index, level 0), a
+    seed the trainer's draws (0, 1, 2, ...) never reach. The turn is
+    `{expression} = {answer}.` (for tasks whose metadata has the expression)
+    and `The final answer is \\boxed{answer}.`, the worked solution of
+    `data.prompts.worked_solution` for the same arithmetic tasks.
+
+    Args:
+      index: which example, 0 <= index < 100.
+
+    Returns:
+      (the first observation, the model's turn).
+    """
+    if not 0 <= index < 100:
+      raise ValueError(f"index must be in [0, 100), got {index}")
+    entry = self.generate(seed=_MAX_SEED - index, level=0)
+    final = prompts.FINAL_ANSWER.format(answer=entry["answer"])
+    expression = entry["metadata"].get("expression")
+    turn = f"{expression} = {entry['answer']}.\n{final}" if expression else final
+    return f"{entry['question']}\n{INSTRUCTION}", turn
 
   def score(self, text: str) -> dict[str, float]:
     """The reward channels of a final turn against the current entry.

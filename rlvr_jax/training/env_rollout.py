@@ -108,6 +108,8 @@ def _check(config: ml_collections.ConfigDict, num_levels: Mapping[str, int]) -> 
                       ("env.eval_episodes", c.env.eval_episodes)):
     if value < 1:
       raise ValueError(f"--config.{path}={value!r}: must be >= 1.")
+  if c.env.few_shot < 0:
+    raise ValueError(f"--config.env.few_shot={c.env.few_shot!r}: must be >= 0.")
   fewest = min(num_levels.values())
   if not 0 <= c.env.level < fewest:
     raise ValueError(f"--config.env.level={c.env.level!r}: must be in [0, {fewest}) "
@@ -115,6 +117,22 @@ def _check(config: ml_collections.ConfigDict, num_levels: Mapping[str, int]) -> 
   if not -1 <= c.env.eval_level < fewest:
     raise ValueError(f"--config.env.eval_level={c.env.eval_level!r}: must be -1 (the "
                      f"hardest) or in [0, {fewest}).")
+
+
+def _worked_examples(config: ml_collections.ConfigDict,
+                     envs: Mapping[str, env_base.Environment]) -> list[tuple[str, str]]:
+  """`--config.env.few_shot` worked examples of the one environment, as chat turns."""
+  k = config.env.few_shot
+  if not k:
+    return []
+  if len(envs) > 1:
+    raise ValueError(f"--config.env.few_shot={k!r}: worked examples need a single "
+                     f"environment; --config.env.name={config.env.name!r} names {len(envs)}.")
+  (env,) = envs.values()
+  try:
+    return [env.worked_example(i) for i in range(k)]
+  except (NotImplementedError, ValueError) as e:
+    raise ValueError(f"--config.env.few_shot={k!r}: {e}") from e
 
 
 class EnvRollout:
@@ -152,7 +170,8 @@ class EnvRollout:
     self.groups_drawn = 0
     self.estimator = advantages_lib.get_estimator(c.algo.advantage)
     try:
-      chat = multiturn.ChatTurns.from_tokenizer(tokenizer, system_prompt=c.data.system_prompt)
+      chat = multiturn.ChatTurns.from_tokenizer(
+          tokenizer, system_prompt=c.data.system_prompt, examples=_worked_examples(c, probe))
     except ValueError as e:
       raise ValueError(f"--config.model.source={c.model.source!r}: {e}") from e
     self.sampler = multiturn.MultiTurnSampler(
