@@ -42,11 +42,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.template = "chat"  # Data records are unused; the preflight renders them.
   c.data.few_shot = 0
   c.data.eval_size = 16
-  c.rl.steps = 24
+  c.rl.steps = 16  # The default run's budget: 16 steps of 16 x 4.
   c.rl.prompts_per_batch = 16
   c.rl.group_size = 4
   c.rl.update_groups = 0
-  c.rl.micro_batches = 8  # 64 rows of 208 tokens: 8 rows a pass (16 at once took 13 GB).
+  c.rl.micro_batches = 8  # 64 rows of 208 tokens: 8 rows a pass (32 took 13 GB).
   c.rl.max_prompt_len = 144  # The example and the question: <= 144 tokens at level 7.
   c.rl.max_new_tokens = 64
   c.rl.temperature = 0.7
