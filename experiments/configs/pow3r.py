@@ -38,6 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rl.prompts_per_batch = 8
   c.rl.group_size = 4
   c.rl.update_groups = 0
+  c.rl.micro_batches = 4  # 8 rows of 256 tokens a pass (16 took 11 GB).
   c.rl.max_prompt_len = 160  # Chat template + 3 criteria.
   c.rl.max_new_tokens = 96
   c.rl.temperature = 1.0
