@@ -250,3 +250,11 @@ def test_select_groups_takes_groups_with_signal_first():
   np.testing.assert_array_equal(valid, [True, True])
   with pytest.raises(ValueError, match="do not make 5 groups"):
     credit.select_groups(adv, mask, group_size=2, num_groups=5)
+  # A method with a token loss of its own (DistIL's CE): every group with a
+  # loss token has a signal, zero advantages or not; a group without one none.
+  mask[2:4] = 0
+  rows, valid, with_signal = credit.select_groups(adv, mask, group_size=2, num_groups=4,
+                                                  token_loss=True)
+  np.testing.assert_array_equal(rows, [0, 1, 4, 5, 6, 7, 2, 3])
+  np.testing.assert_array_equal(valid, [True] * 6 + [False] * 2)
+  assert with_signal == 3

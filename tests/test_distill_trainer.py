@@ -305,6 +305,11 @@ def test_distill_config_tiny_runs(module, arg, steps, horizons, tmp_path):
   c = module.get_config(arg)
   c.rl.steps = steps
   c.train.eval_before = False
+  if module is distil_config:
+    # The CE term alone, through the update's group filter: every advantage is 0,
+    # and the groups must still be updated (the filter once dropped them all).
+    c.distill.future_coef = 0.0
+    c.rl.update_groups = c.rl.prompts_per_batch
   summary = loop.train_and_evaluate(c, str(tmp_path))
   assert 0.0 <= summary["accuracy_after"] <= 1.0
   rows = [json.loads(line) for line in open(os.path.join(tmp_path, "metrics.jsonl"))]
@@ -317,6 +322,7 @@ def test_distill_config_tiny_runs(module, arg, steps, horizons, tmp_path):
   if module is distil_config:
     # The stats pass's CE and the update's CE term: same params, same mask.
     assert train[0]["distill/ce_loss"] == pytest.approx(train[0]["distill/ce"], rel=1e-4)
+    assert train[0]["distill/ce"] > 0.1 and train[0]["rollout/groups_updated"] == 2.0
   else:
     # First update, ratio 1: loss = -mean_{m} A = -(mean log-ratio) over the loss mask.
     assert train[0]["policy/loss"] == pytest.approx(-train[0]["distill/log_ratio"], abs=1e-5)

@@ -82,7 +82,8 @@ class OutcomeCredit:
 
 
 def select_groups(advantages: np.ndarray, mask: np.ndarray, *, group_size: int,
-                  num_groups: int) -> tuple[np.ndarray, np.ndarray, int]:
+                  num_groups: int, token_loss: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray, int]:
   """The rows of the update batch: groups with a learning signal first (DAPO).
 
   DAPO's dynamic sampling (Yu et al., 2025, Sec. 3.3) drops the groups whose
@@ -100,6 +101,10 @@ def select_groups(advantages: np.ndarray, mask: np.ndarray, *, group_size: int,
     mask: [B, T] loss mask.
     group_size: G.
     num_groups: groups in the update batch, <= B / G.
+    token_loss: the method has a loss term of its own on every loss token
+      besides the advantage-weighted one (DistIL's forward cross-entropy,
+      METHODS.md 7.3), so every group with a loss token has a signal, whatever
+      its advantages.
 
   Returns:
     (rows [num_groups * G] int indices into the B rows, valid [num_groups *
@@ -111,7 +116,8 @@ def select_groups(advantages: np.ndarray, mask: np.ndarray, *, group_size: int,
   b = advantages.shape[0]
   if b % group_size or b // group_size < num_groups:
     raise ValueError(f"{b} rows do not make {num_groups} groups of {group_size}")
-  signal = (np.abs(advantages) * mask).reshape(b // group_size, -1).max(axis=1) > 0
+  weight = mask if token_loss else np.abs(advantages) * mask
+  signal = weight.reshape(b // group_size, -1).max(axis=1) > 0
   order = np.concatenate([np.flatnonzero(signal), np.flatnonzero(~signal)])[:num_groups]
   rows = (order[:, None] * group_size + np.arange(group_size)).reshape(-1)
   valid = np.repeat(signal[order], group_size)

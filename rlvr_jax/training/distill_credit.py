@@ -249,6 +249,9 @@ class DistillCredit:
     c = config
     self.config = c
     self.method = c.algo.advantage
+    # DistIL's CE term trains every loss token: the update's group filter
+    # (`credit.select_groups`) keeps groups whose advantages are all 0.
+    self.token_loss = self.method == "distil"
     self.trainer = trainer
     self.group_size = c.rl.group_size
     self.render = render

@@ -342,7 +342,8 @@ class Trainer:
       batch.update(self.credit.update_inputs())
     if c.rl.update_groups:
       rows, valid, with_signal = credit_lib.select_groups(
-          adv, loss_mask, group_size=c.rl.group_size, num_groups=c.rl.update_groups)
+          adv, loss_mask, group_size=c.rl.group_size, num_groups=c.rl.update_groups,
+          token_loss=getattr(self.credit, "token_loss", False))
       batch = {k: v[rows] for k, v in batch.items()}
       if early_stats is not None:  # The statistics of the selected rows.
         with sharding.use_mesh(self.mesh):
