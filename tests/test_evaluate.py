@@ -6,13 +6,11 @@ import json
 import os
 import types
 
-from absl import flags
 from flax import nnx
 import jax
 import numpy as np
 import pytest
 
-from experiments import evaluate as evaluate_binary
 from experiments.configs import tiny
 from rlvr_jax import checkpoints
 from rlvr_jax import sharding
@@ -176,18 +174,13 @@ def test_scripted_verdicts_and_metrics_match_a_hand_recomputation(bench_file, tm
 # The binary end to end on random:tiny.
 
 
-def test_binary_end_to_end_on_random_tiny(bench_file, tmp_path, capsys):
+def test_binary_end_to_end_on_random_tiny(bench_file, tmp_path, run_evaluate):
   out = str(tmp_path / "eval")
-  argv = ["evaluate", "--checkpoint=random:tiny", f"--benchmarks={bench_file},basic_arithmetic",
-          "--size=2", f"--task_kwargs={json.dumps(_TASK_KWARGS)}", "--n=4",
-          "--max_new_tokens=8", "--max_prompt_len=128", "--template=plain",
-          "--batch_size=2", "--workers=1", "--timeout_s=20", f"--results_dir={out}"]
-  flags.FLAGS(argv)
-  try:
-    evaluate_binary.main(argv[:1])
-  finally:
-    flags.FLAGS.unparse_flags()
-  printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  printed = run_evaluate(
+      "--checkpoint=random:tiny", f"--benchmarks={bench_file},basic_arithmetic",
+      "--size=2", f"--task_kwargs={json.dumps(_TASK_KWARGS)}", "--n=4",
+      "--max_new_tokens=8", "--max_prompt_len=128", "--template=plain",
+      "--batch_size=2", "--workers=1", "--timeout_s=20", f"--results_dir={out}")
   with open(os.path.join(out, "metrics.json")) as f:
     saved = json.load(f)
   assert saved["metrics"] == printed
@@ -316,18 +309,12 @@ def trained_run(tmp_path_factory):
   return workdir
 
 
-def test_run_folder_evaluation_equals_the_trainers_own(trained_run, tmp_path, capsys):
+def test_run_folder_evaluation_equals_the_trainers_own(trained_run, tmp_path, run_evaluate):
   """experiments.evaluate on a run folder: pass@1 == the run's eval_after accuracy."""
   with open(os.path.join(trained_run, "eval_after.json")) as f:
     after = json.load(f)
   out = str(tmp_path / "eval")
-  argv = ["evaluate", f"--checkpoint={trained_run}", f"--results_dir={out}"]
-  flags.FLAGS(argv)
-  try:
-    evaluate_binary.main(argv[:1])
-  finally:
-    flags.FLAGS.unparse_flags()
-  printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  printed = run_evaluate(f"--checkpoint={trained_run}", f"--results_dir={out}")
   assert printed["heldout/pass@1"] == after["accuracy"]
   rows = _read_rows(os.path.join(out, "heldout.samples.jsonl"))
   # The same problems, the same greedy responses, the same verdicts.

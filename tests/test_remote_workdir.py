@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from experiments import evaluate as evaluate_binary
 from experiments import export
 from experiments.configs import tiny
 from rlvr_jax import checkpoints
@@ -118,21 +117,10 @@ def local_copy(tiny_run):
   return str(mirror)
 
 
-def _evaluate(checkpoint, results_dir, capsys):
-  """experiments.evaluate's main on a run folder; returns its printed metrics."""
-  argv = ["evaluate", f"--checkpoint={checkpoint}", f"--results_dir={results_dir}"]
-  flags.FLAGS(argv)
-  try:
-    evaluate_binary.main(argv[:1])
-  finally:
-    flags.FLAGS.unparse_flags()
-  return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-
-
 def test_evaluate_reads_the_gs_run_folder_like_its_local_copy(tiny_run, local_copy,
-                                                                tmp_path, capsys):
-  remote = _evaluate(_RUN, "gs://bucket/eval", capsys)
-  local = _evaluate(local_copy, str(tmp_path / "eval"), capsys)
+                                                                tmp_path, run_evaluate):
+  remote = run_evaluate(f"--checkpoint={_RUN}", "--results_dir=gs://bucket/eval")
+  local = run_evaluate(f"--checkpoint={local_copy}", f"--results_dir={tmp_path / 'eval'}")
   # The held-out set of the run, greedy, at its latest step 3: the run's own
   # after-training accuracy, on gs:// as on the local copy.
   assert remote == local
