@@ -248,3 +248,31 @@ def test_env_arguments():
     ecom.EcomEnv().reset(seed=0, level=7)
   with pytest.raises(ValueError, match=r"level must be in \[0, 7\)"):
     ecom.generate(seed=0, level=-1)
+
+
+def test_worked_example_is_a_solved_episode_replayed_by_the_environment():
+  env = ecom.EcomEnv(max_turns=6, max_results=3)
+  env.reset(seed=7, level=2)
+  before = (env.task, dict(env.cart))
+  for index in (0, 1, 5):
+    exchanges = env.worked_example(index)
+    assert [tools.parse_tool_call(turn, ecom.TOOL_SPECS).name for _, turn in exchanges] == [
+        "search", "add_to_cart", "checkout"]
+    # Replayed on a fresh environment at its seed, every observation is the
+    # environment's own and the last call succeeds.
+    seed = next(s for s in range(ecom.EXAMPLE_SEED_OFFSET + 1000 * index,
+                                 ecom.EXAMPLE_SEED_OFFSET + 1000 * (index + 1))
+                if ecom.EcomEnv(max_results=3).reset(seed=s, level=0) == exchanges[0][0])
+    replay = ecom.EcomEnv(max_results=3)
+    observation = replay.reset(seed=seed, level=0)
+    for (shown, turn), (answer, _) in zip(exchanges, exchanges[1:] + [(None, None)]):
+      assert observation == shown
+      result = replay.step(turn)
+      observation = result.observation
+      if answer is not None:
+        assert observation == answer and not result.done
+    assert result.done and result.rewards["success"] == 1.0
+  assert env.worked_example(0) != env.worked_example(1)
+  assert (env.task, env.cart) == before  # the running episode is untouched
+  with pytest.raises(ValueError, match="index must be in"):
+    env.worked_example(1000)

@@ -15,6 +15,8 @@ import pytest
 from experiments.configs import adaptive
 from experiments.configs import ecom
 from rlvr_jax import checkpoints
+from rlvr_jax.envs import base
+from rlvr_jax.envs import ecom as ecom_env
 from rlvr_jax.envs import reasoning_gym_env
 from rlvr_jax.training import env_rollout
 from rlvr_jax.training import loop
@@ -114,9 +116,15 @@ def test_channel_means_count_only_episodes_with_the_channel():
 def test_worked_examples_flag_errors_name_the_flag():
   c = ecom.get_config("tiny")
   c.env.few_shot = 1
-  envs = {name: make("train") for name, make in env_rollout.env_factories(c).items()}
-  with pytest.raises(ValueError, match=r"--config\.env\.few_shot=1: environment 'ecom' has no"):
-    env_rollout._worked_examples(c, envs)
+  none = type("NoExamples", (), {"name": "none",
+                                 "worked_example": base.Environment.worked_example})()
+  with pytest.raises(ValueError, match=r"--config\.env\.few_shot=1: environment 'none' has no"):
+    env_rollout._worked_examples(c, {"none": none})
+  with pytest.raises(ValueError, match=r"--config\.env\.few_shot=1: worked examples need a "):
+    env_rollout._worked_examples(c, {"ecom": None, "chain_sum": None})
+  # A multi-turn example is its exchanges, in order.
+  examples = env_rollout._worked_examples(c, {"ecom": ecom_env.EcomEnv()})
+  assert len(examples) == 3 and examples[-1][1].startswith('<tool_call>{"name": "checkout"')
   c = adaptive.get_config("tiny")
   examples = env_rollout._worked_examples(c, {"chain_sum": reasoning_gym_env.ReasoningGymEnv(
       "chain_sum", split="train")})

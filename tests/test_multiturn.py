@@ -248,13 +248,13 @@ def test_worked_examples_are_chat_turns_before_the_first_observation():
   own rendering of the conversation, and its turn states the item's sum."""
   tok = tokenizer_lib.load_tokenizer(loader.default_gguf_path())
   env = reasoning_gym_env.ReasoningGymEnv("chain_sum", split="train")
-  user, turn = env.worked_example(0)
+  [(user, turn)] = env.worked_example(0)
   expression = env.generate(seed=reasoning_gym_env._MAX_SEED, level=0)["metadata"]["expression"]
   a, op, b = expression.split()
   answer = int(a) + int(b) if op == "+" else int(a) - int(b)
   assert turn == f"{expression} = {answer}.\nThe final answer is \\boxed{{{answer}}}."
   assert user.endswith("=\nPut your final answer within \\boxed{}.")
-  assert env.worked_example(2) != (user, turn)  # (examples 0 and 1 happen to be alike)
+  assert env.worked_example(2) != [(user, turn)]  # (examples 0 and 1 happen to be alike)
   chat = multiturn.ChatTurns.from_tokenizer(tok, examples=[(user, turn)])
   messages = [{"role": "user", "content": user}, {"role": "assistant", "content": turn},
               {"role": "user", "content": "Calculate 1 + 1."}]

@@ -150,8 +150,12 @@ class Environment(abc.ABC):
     return StepResult(observation="Episode over: context full.", done=True,
                       rewards=self._final_rewards())
 
-  def worked_example(self, index: int) -> tuple[str, str]:
-    """A solved episode for few-shot prompting: (first observation, model turn).
+  def worked_example(self, index: int) -> list[tuple[str, str]]:
+    """A solved episode for few-shot prompting, as its exchanges.
+
+    Returns [(first observation, model turn), (the environment's answer,
+    next model turn), ...] up to the model turn that ends the episode (one
+    pair for a one-turn environment).
 
     Args:
       index: which example (0, 1, ...); examples never coincide with an

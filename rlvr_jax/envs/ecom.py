@@ -94,6 +94,7 @@ BRANDS = ("Acme", "Nordic", "Peak", "Urban", "Zen")
 # Price range in dollars (inclusive) per category.
 PRICES = {"shirt": (10, 60), "jacket": (50, 250), "shoes": (40, 150),
           "backpack": (20, 120), "hat": (8, 40)}
+EXAMPLE_SEED_OFFSET = 2 * 10**9  # Seeds of `EcomEnv.worked_example`.
 CONSTRAINT_CHANNELS = ("category", *ATTRIBUTES, "budget", "quantity")
 CHANNELS = (*CONSTRAINT_CHANNELS, "checked_out", base.SUCCESS)
 
@@ -342,6 +343,49 @@ class EcomEnv(base.Environment):
         "cart within the budget, then checkout.",
         tools.describe_tools(TOOL_SPECS),
     ])
+
+  def worked_example(self, index: int) -> list[tuple[str, str]]:
+    """A solved level-0 episode: search, add to cart, checkout.
+
+    The episode is the first seed from `EXAMPLE_SEED_OFFSET + 1000 * index`
+    on whose search (category, the constrained attributes and max_price =
+    budget // quantity) shows an in-stock match first; it is played on a
+    fresh environment with this one's settings, so the observations are the
+    environment's own text, and it ends in success. The trainer's seeds
+    (0, 1, ...) and the held-out ones (from 10**9) never reach these.
+
+    Args:
+      index: which example, 0 <= index < 1000.
+
+    Returns:
+      [(first observation, search call), (results, add_to_cart call),
+       (cart, checkout call)].
+
+    Raises:
+      ValueError: `index` out of range.
+    """
+    if not 0 <= index < 1000:
+      raise ValueError(f"index must be in [0, 1000), got {index}")
+    env = EcomEnv(max_turns=3, max_results=self.max_results,
+                  max_call_chars=self.max_call_chars)
+    for seed in range(EXAMPLE_SEED_OFFSET + 1000 * index,
+                      EXAMPLE_SEED_OFFSET + 1000 * (index + 1)):
+      observation = env.reset(seed=seed, level=0)
+      request = env.task.request
+      search = tools.format_tool_call("search", {
+          "category": request.category, **request.attributes,
+          "max_price": request.budget // request.quantity})
+      results = env.step(search).observation
+      first = json.loads(results.split("\n")[1])["id"] if "\n" in results else None
+      if first is None or env.task.catalog[first].stock < request.quantity:
+        continue
+      add = tools.format_tool_call("add_to_cart", {"id": first, "qty": request.quantity})
+      cart = env.step(add).observation
+      checkout = tools.format_tool_call("checkout", {})
+      if env.step(checkout).rewards[base.SUCCESS] != 1.0:
+        continue
+      return [(observation, search), (results, add), (cart, checkout)]
+    raise ValueError(f"no solvable example seed for index {index}")
 
   def _final_rewards(self, *, checked_out: bool = False) -> dict[str, float]:
     return verify(self.task.request, self.task.catalog, self.cart,

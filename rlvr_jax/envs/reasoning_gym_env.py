@@ -176,7 +176,7 @@ class ReasoningGymEnv(base.Environment):
     self.entry = self.generate(seed=seed, level=level)
     return f"{self.entry['question']}\n{INSTRUCTION}"
 
-  def worked_example(self, index: int) -> tuple[str, str]:
+  def worked_example(self, index: int) -> list[tuple[str, str]]:
     """A level-0 item and its solved turn, as the task's few-shot examples.
 
     The item is this split's (seed = the largest seed - index, level 0), a
@@ -189,7 +189,7 @@ class ReasoningGymEnv(base.Environment):
       index: which example, 0 <= index < 100.
 
     Returns:
-      (the first observation, the model's turn).
+      [(the first observation, the model's turn)].
     """
     if not 0 <= index < 100:
       raise ValueError(f"index must be in [0, 100), got {index}")
@@ -197,7 +197,7 @@ class ReasoningGymEnv(base.Environment):
     final = prompts.FINAL_ANSWER.format(answer=entry["answer"])
     expression = entry["metadata"].get("expression")
     turn = f"{expression} = {entry['answer']}.\n{final}" if expression else final
-    return f"{entry['question']}\n{INSTRUCTION}", turn
+    return [(f"{entry['question']}\n{INSTRUCTION}", turn)]
 
   def score(self, text: str) -> dict[str, float]:
     """The reward channels of a final turn against the current entry.

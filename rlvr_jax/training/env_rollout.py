@@ -130,7 +130,7 @@ def _worked_examples(config: ml_collections.ConfigDict,
                      f"environment; --config.env.name={config.env.name!r} names {len(envs)}.")
   (env,) = envs.values()
   try:
-    return [env.worked_example(i) for i in range(k)]
+    return [turn for i in range(k) for turn in env.worked_example(i)]
   except (NotImplementedError, ValueError) as e:
     raise ValueError(f"--config.env.few_shot={k!r}: {e}") from e
 
