@@ -88,7 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rl.max_new_tokens = 512  # The whole episode after the prompt (model + environment).
   c.rl.temperature = 0.7
   c.optim.lr = 1e-5
-  c.train.eval_batch_size = 32
+  c.train.eval_batch_size = 8  # 32 episodes of 704 + 512 tokens a batch took over 15 GB.
   c.train.save_every = 10
   if arg == "tiny":
     shrink_to_tiny(c)
