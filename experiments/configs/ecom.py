@@ -79,11 +79,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # the first observation: without it SmolLM2-135M writes no tool call
   # (0 of 64 held-out episodes, none with a call, at level 0).
   c.env.few_shot = 1
-  c.rl.steps = 12
-  c.rl.prompts_per_batch = 4  # Groups (one seed and level each) per step.
+  c.rl.steps = 16
+  c.rl.prompts_per_batch = 2  # Groups (one seed and level each) per step.
   c.rl.group_size = 4  # Episodes per group.
   c.rl.update_groups = 0
-  c.rl.micro_batches = 4  # One group (4 rows x 704 + 512 tokens) per pass.
+  c.rl.micro_batches = 2  # One group (4 rows x 704 + 512 tokens) per pass.
   c.rl.max_prompt_len = 704  # The worked example and the first observation: <= 681 tokens.
   c.rl.max_new_tokens = 512  # The whole episode after the prompt (model + environment).
   c.rl.temperature = 0.7
