@@ -79,13 +79,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # the first observation: without it SmolLM2-135M writes no tool call
   # (0 of 64 held-out episodes, none with a call, at level 0).
   c.env.few_shot = 1
-  c.rl.steps = 16
+  c.rl.steps = 12
   c.rl.prompts_per_batch = 2  # Groups (one seed and level each) per step.
   c.rl.group_size = 4  # Episodes per group.
   c.rl.update_groups = 0
   c.rl.micro_batches = 2  # One group (4 rows x 704 + 512 tokens) per pass.
   c.rl.max_prompt_len = 704  # The worked example and the first observation: <= 681 tokens.
   c.rl.max_new_tokens = 512  # The whole episode after the prompt (model + environment).
+  # The update of 4 rows x 512 tokens (+ the 704-token prompt once) kept
+  # every layer's attention probabilities and the whole LM head for the
+  # backward pass: 13.8 GB at the first step. Recomputed per layer and
+  # chunked, it fits beside the sampler's caches.
+  c.model.remat = "full"
+  c.train.logprob_chunk = 128
   c.rl.temperature = 0.7
   c.optim.lr = 1e-5
   c.train.eval_batch_size = 8  # 32 episodes of 704 + 512 tokens a batch took over 15 GB.
@@ -93,6 +99,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg == "tiny":
     shrink_to_tiny(c)
     c.env.few_shot = 0
+    c.model.remat = "none"
+    c.train.logprob_chunk = 0
     c.rl.max_prompt_len = 256  # The first observation with the tool list: <= 252 tokens.
     c.rl.max_new_tokens = 192  # Room for a search's answer and a second turn.
   elif arg:
