@@ -15,7 +15,8 @@ held-out problems:
 Outcome (`evaluation/study_stats.py`): greedy accuracy per seed, its mean and
 sample std; the paired difference to GRPO on the same seed (mean over seeds)
 and the exact McNemar (sign) test on the discordant pairs pooled over
-problems and seeds; pass@k at temperature 1 (`evaluation/evaluate.py`'s
+problems and seeds; the same test against the base model (its verdicts
+repeated once per seed), beside the count of seeds significant on their own; pass@k at temperature 1 (`evaluation/evaluate.py`'s
 loop, `passk.py`'s estimator) on the first `study.passk_problems`; the wall
 time of each run.
 
@@ -162,6 +163,14 @@ def check_arguments(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"--config.study.passk_problems={s.passk_problems} and "
                      f"--config.study.scrl_eval_problems={s.scrl_eval_problems} must be <= "
                      f"--config.study.eval_size={s.eval_size}.")
+  longest = max([config.rl.max_new_tokens]
+                + [s.scrl_max_new_tokens for m in methods if METHODS[m].get("advantage") == "scrl"])
+  if longest > config.train.eval_max_new_tokens:
+    raise ValueError(
+        f"--config.train.eval_max_new_tokens={config.train.eval_max_new_tokens} is shorter "
+        f"than a training response ({longest} tokens: --config.rl.max_new_tokens or "
+        "--config.study.scrl_max_new_tokens): that method's answers would be measured "
+        "truncated. Every method is evaluated with one budget; make it the longest.")
   if "relex" in methods:
     relex_last_step(config)
     if s.relex_base_step not in RELEX_BASES:
@@ -364,9 +373,17 @@ def _relex(trainer: loop.Trainer, run_dir: str, seed: int,
 # -- tables ---------------------------------------------------------------------------
 
 
-def summarize(results: Sequence[dict[str, Any]],
-              methods: Sequence[str]) -> dict[str, dict[str, Any]]:
-  """{method: spread, pass@k means, minutes, significant seeds, paired vs grpo}."""
+def summarize(results: Sequence[dict[str, Any]], methods: Sequence[str],
+              base_correct: Sequence[float] | None = None) -> dict[str, dict[str, Any]]:
+  """{method: spread, pass@k means, minutes, significant seeds, paired vs base and grpo}.
+
+  Args:
+    results: the runs' result rows (`run_method`).
+    methods: the methods, in table order.
+    base_correct: [Q] the base model's held-out verdicts; given, every method
+      gets 'vs_base', its paired comparison with the base model pooled over
+      its seeds (the base repeated once per seed).
+  """
   by_method = {m: sorted((r for r in results if r["method"] == m), key=lambda r: r["seed"])
                for m in methods}
   table = {}
@@ -384,6 +401,10 @@ def summarize(results: Sequence[dict[str, Any]],
     for key in rows[0]["passk"]:
       spread = study_stats.seed_spread([r["passk"][key] for r in rows])
       entry[key], entry[key + "_std"] = spread["mean"], spread["std"]
+    if base_correct is not None:
+      entry["vs_base"] = study_stats.paired_comparison(
+          np.asarray([r["correct"] for r in rows]),
+          np.tile(np.asarray(base_correct, np.float32), (len(rows), 1)))
     grpo = {r["seed"]: r for r in by_method.get("grpo", [])}
     if method != "grpo" and all(r["seed"] in grpo for r in rows):
       entry["vs_grpo"] = study_stats.paired_comparison(
@@ -400,7 +421,8 @@ def format_table(table: dict[str, dict[str, Any]], base: float, num_seeds: int) 
         not k.endswith("_std")]
   head = (["method", "steps trained", f"greedy accuracy (mean ± std, {num_seeds} seeds)",
            "per seed", "Δ vs GRPO (mean of seeds)", "paired test vs GRPO (wins/losses, p)",
-           "p<0.05 vs base"] + [f"{k} (T=1)" for k in ks] + ["min / run"])
+           "p<0.05 vs base", "paired test vs base (wins/losses, p)"]
+          + [f"{k} (T=1)" for k in ks] + ["min / run"])
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   lines.append("| base model | 0 | " + f"{100 * base:.1f}" + " |" * (len(head) - 3) + " |")
   for method, e in table.items():
@@ -411,6 +433,9 @@ def format_table(table: dict[str, dict[str, Any]], base: float, num_seeds: int) 
              f"{100 * vs['diff_mean']:+.1f}" if vs else "",
              f"{vs['wins']}/{vs['losses']}, p = {vs['p_value']:.3g}" if vs else "",
              f"{e['significant_seeds']}/{len(e['seeds'])}"]
+    base_vs = e.get("vs_base")
+    cells.append(f"{base_vs['wins']}/{base_vs['losses']}, p = {base_vs['p_value']:.3g}"
+                 if base_vs else "")
     cells += [f"{100 * e['eval/' + k]:.1f} ± {100 * e['eval/' + k + '_std']:.1f}" for k in ks]
     cells.append(f"{e['minutes']:.1f}")
     lines.append("| " + " | ".join(cells) + " |")
@@ -637,8 +662,9 @@ def run_study(base: ml_collections.ConfigDict, *, workdir: str) -> dict[str, Any
       results += produced
       base_eval = base_eval or os.path.join(run_dir, "eval_before.json")
   with open(base_eval) as f:
-    base_accuracy = float(json.load(f)["accuracy"])
-  table = summarize(results, methods)
+    base_eval_json = json.load(f)
+  base_accuracy = float(base_eval_json["accuracy"])
+  table = summarize(results, methods, base_eval_json["correct"])
   mechanisms: dict[str, Any] = {"delta": {}, "scrl": {}, "relex": []}
   for method in methods:
     if METHODS[method].get("delta"):

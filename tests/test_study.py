@@ -57,7 +57,7 @@ def test_summarize_and_table_by_hand():
           _row("grpo", 1, [0, 1, 0, 0], 0.2),  # .25
           _row("delta", 0, [1, 1, 1, 1], 0.6, p_value=0.01, before=1.0),  # 1.0
           _row("delta", 1, [1, 1, 0, 0], 0.4)]  # .5
-  table = study.summarize(rows, ["grpo", "delta", "relex"])
+  table = study.summarize(rows, ["grpo", "delta", "relex"], base_correct=[1, 0, 0, 0])
   assert list(table) == ["grpo", "delta"]
   grpo, delta = table["grpo"], table["delta"]
   assert grpo["mean"] == pytest.approx(0.375)
@@ -73,11 +73,20 @@ def test_summarize_and_table_by_hand():
   assert vs["diff_mean"] == pytest.approx(0.375)
   assert (vs["wins"], vs["losses"]) == (3, 0)
   assert vs["p_value"] == pytest.approx(0.25)
+  # Against the base [1, 0, 0, 0] (.25) repeated per seed. grpo: d = (.25, 0) -> .125;
+  # wins s0 q3, s1 q1; loss s1 q0 -> p = 2 * (C(3,0) + C(3,1)) / 8 = 1.0. delta:
+  # d = (.75, .25) -> .5; wins 3 + 1, no loss -> p = 2 / 16 = 0.125.
+  assert table["grpo"]["vs_base"]["diff_mean"] == pytest.approx(0.125)
+  assert (table["grpo"]["vs_base"]["wins"], table["grpo"]["vs_base"]["losses"],
+          table["grpo"]["vs_base"]["p_value"]) == (2, 1, 1.0)
+  assert delta["vs_base"]["diff_mean"] == pytest.approx(0.5)
+  assert (delta["vs_base"]["wins"], delta["vs_base"]["losses"]) == (4, 0)
+  assert delta["vs_base"]["p_value"] == pytest.approx(0.125)
   lines = study.format_table(table, base=0.25, num_seeds=2).splitlines()
   assert len(lines) == 5 and "pass@1 (T=1)" in lines[0]
   assert lines[2].count("|") == lines[0].count("|")
   assert lines[4].startswith("| delta | 16 | 75.0 ± 35.4 | 100.0 / 50.0 | +37.5 | "
-                             "3/0, p = 0.25 | 0/2 | 50.0 ± 14.1 | 1.5 |")
+                             "3/0, p = 0.25 | 0/2 | 4/0, p = 0.125 | 50.0 ± 14.1 | 1.5 |")
 
 
 # -- mechanism measures --------------------------------------------------------------
@@ -156,9 +165,11 @@ def test_relex_window_and_method_config():
   assert study.relex_last_step(c) == 4  # 25% of 16
   g = study.method_config(c, "grpo", 2, with_relex=True)
   assert (g.train.dense_window, g.rl.seed, g.rl.max_prompt_len) == (4, 2, 80)
+  assert (c.study.scrl_max_new_tokens, c.train.eval_max_new_tokens) == (32, 32)
+  c.study.scrl_max_new_tokens = 24
   s = study.method_config(c, "delta_scrl", 1)
   assert (s.algo.advantage, s.algo.delta, s.train.dense_window) == ("scrl", True, 0)
-  assert (s.rl.max_prompt_len, s.rl.max_new_tokens) == (192, 48)
+  assert (s.rl.max_prompt_len, s.rl.max_new_tokens) == (192, 24)
   assert (c.algo.advantage, c.algo.delta) == ("grpo", False)
   c.study.steps = 3
   study_config.apply_regime(c)
@@ -179,6 +190,9 @@ def test_bad_arguments_name_the_flag():
     study.check_arguments(config(steps=8))  # rl.steps still 4: the regime not applied
   with pytest.raises(ValueError, match="--config.study.steps"):
     study.regime_from_flags(config(), ["rl.steps"])
+  with pytest.raises(ValueError, match="--config.train.eval_max_new_tokens=8 is shorter"):
+    study.check_arguments(config(scrl_max_new_tokens=9))
+  study.check_arguments(config(scrl_max_new_tokens=9, methods=("grpo", "delta")))
   assert study.study_methods(config(methods=("relex,grpo", "delta"))) == [
       "grpo", "delta", "relex"]
 
