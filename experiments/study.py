@@ -16,9 +16,9 @@ Outcome (`evaluation/study_stats.py`): greedy accuracy per seed, its mean and
 sample std; the paired difference to GRPO on the same seed (mean over seeds)
 and the exact McNemar (sign) test on the discordant pairs pooled over
 problems and seeds; the same test against the base model (its verdicts
-repeated once per seed), beside the count of seeds significant on their own; pass@k at temperature 1 (`evaluation/evaluate.py`'s
-loop, `passk.py`'s estimator) on the first `study.passk_problems`; the wall
-time of each run.
+repeated once per seed), beside the count of seeds significant on their own;
+pass@k at temperature 1 (`evaluation/evaluate.py`'s loop, `passk.py`'s
+estimator) on the first `study.passk_problems`; the wall time of each run.
 
 Mechanisms (`training/study_mechanisms.py`), from the same runs:
   - DelTA: mean coefficient per token class and step (the trainer's
@@ -163,14 +163,15 @@ def check_arguments(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"--config.study.passk_problems={s.passk_problems} and "
                      f"--config.study.scrl_eval_problems={s.scrl_eval_problems} must be <= "
                      f"--config.study.eval_size={s.eval_size}.")
-  longest = max([config.rl.max_new_tokens]
-                + [s.scrl_max_new_tokens for m in methods if METHODS[m].get("advantage") == "scrl"])
-  if longest > config.train.eval_max_new_tokens:
+  lengths = {m: method_config(config, m, s.seeds[0]).rl.max_new_tokens for m in methods}
+  longest = max(lengths, key=lengths.get)
+  if lengths[longest] > config.train.eval_max_new_tokens:
     raise ValueError(
         f"--config.train.eval_max_new_tokens={config.train.eval_max_new_tokens} is shorter "
-        f"than a training response ({longest} tokens: --config.rl.max_new_tokens or "
-        "--config.study.scrl_max_new_tokens): that method's answers would be measured "
-        "truncated. Every method is evaluated with one budget; make it the longest.")
+        f"than {longest}'s training responses ({lengths[longest]} tokens: "
+        "--config.rl.max_new_tokens or --config.study.scrl_max_new_tokens): its answers "
+        "would be measured truncated. Every method is evaluated with one budget; make it "
+        "the longest.")
   if "relex" in methods:
     relex_last_step(config)
     if s.relex_base_step not in RELEX_BASES:

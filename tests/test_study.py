@@ -190,7 +190,8 @@ def test_bad_arguments_name_the_flag():
     study.check_arguments(config(steps=8))  # rl.steps still 4: the regime not applied
   with pytest.raises(ValueError, match="--config.study.steps"):
     study.regime_from_flags(config(), ["rl.steps"])
-  with pytest.raises(ValueError, match="--config.train.eval_max_new_tokens=8 is shorter"):
+  with pytest.raises(ValueError, match="--config.train.eval_max_new_tokens=8 is shorter "
+                     "than scrl's training responses"):
     study.check_arguments(config(scrl_max_new_tokens=9))
   study.check_arguments(config(scrl_max_new_tokens=9, methods=("grpo", "delta")))
   assert study.study_methods(config(methods=("relex,grpo", "delta"))) == [
