@@ -252,7 +252,7 @@ def _extend(graphdef: nnx.GraphDef, params: Any, rest: Any, caches: list[Any], l
 
   Args:
     graphdef, params, rest: the split decoder.
-    caches: L per-layer (keys, values), each [B, K, Sc, Dh].
+    caches: L per-layer (keys [B, K, Dh, Sc], values [B, K, Sc, Dh]).
     logits: [B, V] float32, each row's next-token logits so far.
     valid: [B, Sc] bool, the real (non-empty) cache slots.
     n_real: [B] int32 real tokens so far (the next RoPE position).
@@ -493,10 +493,9 @@ class MultiTurnSampler:
       size = state["valid"].shape[1]
       if needed <= size:
         return
-      extra = _round_up(needed, _SLOT_MULTIPLE) - size
-      pad = lambda a: jnp.pad(a, ((0, 0), (0, 0), (0, extra), (0, 0)))
-      state["caches"] = [(pad(k), pad(v)) for k, v in state["caches"]]
-      state["valid"] = jnp.pad(state["valid"], ((0, 0), (0, extra)))
+      slots = _round_up(needed, _SLOT_MULTIPLE)
+      state["caches"] = [decode_lib.pad_cache(cache, slots) for cache in state["caches"]]
+      state["valid"] = jnp.pad(state["valid"], ((0, 0), (0, slots - size)))
 
     extend(prompts, p)
     segments: list[list[Segment]] = [[] for _ in range(b)]

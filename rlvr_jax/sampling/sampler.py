@@ -10,7 +10,7 @@ the sampled tokens, the decoded texts and the finish reasons ('eos',
 'stop', 'length').
 
 Speed on XLA:CPU. The forward is `rlvr_jax.models.decode` (the decoder's
-arithmetic on per-layer weights and per-layer [B, K, S, Dh] caches, its
+arithmetic on per-layer weights and per-layer KV caches, its
 module docstring says why); this module lays the work out around it:
   * the prefill runs each distinct prompt once (a trainer's group of
     responses to one prompt shares its cache rows), and the prompts' shared
@@ -22,12 +22,15 @@ module docstring says why); this module lays the work out around it:
   * a decode step reads the whole KV cache, so the steps run in up to 4
     while loops over a cache that grows between them (as long as the
     tokens so far, not as the longest response);
-  * a decode step's matmuls go to Eigen rather than YNNPACK
-    (`_CPU_COMPILER_OPTIONS`).
-Measured on the 2-core EPYC (benchmarks/generation.py, 32 x 128, f32), these
-three and the decode step's multiply-and-sum attention together: 20.27 s ->
+  * a decode step's weights are laid out [out, in] and its keys with the
+    slots last (`rlvr_jax.models.decode`).
+Measured on the 2-core EPYC (benchmarks/generation.py, 32 x 128, f32), the
+first two, the multiply-and-sum decode attention and Eigen matmuls (the
+fastest there for the [in, out] layout used then) together: 20.27 s ->
 17.94 s per call (best of 4, interleaved in one process); the shared prefix
-alone cut the prefill from 2.9 s to 1.9 s.
+alone cut the prefill from 2.9 s to 1.9 s. On the 2-core Xeon (Sapphire
+Rapids; benchmarks/rl_step.py's 32 x 64), the two layouts with XLA's default
+YNNPACK matmuls: 8.15 s -> 7.15 s per call (Eigen on [out, in]: 15.5 s).
 Greedy decoding equals argmax decoding by full recomputation token for
 token, and the sampled log-probs equal
 `rlvr_jax.models.logprobs.response_logprobs` at the same temperature
@@ -95,14 +98,9 @@ _BLOCK = 256  # tokens per block of the two-level inverse-CDF draw
 _TOP_P_CANDIDATES = 64  # tokens tried first for top-p without top-k
 _NO_TOKEN = -2  # fills the stop-sequence window before the first token
 _WILDCARD = -1  # left padding of a stop sequence shorter than the window
-# XLA:CPU sends every matmul to YNNPACK by default; the decode step's skinny
-# [B, D] x [D, F] products, their weights streamed from memory, run faster
-# with Eigen's (30 SwiGLU layers + LM head of SmolLM2 at B = 32: 67 ms vs
-# 97 ms per step), so the sampler keeps YNNPACK for reductions only.
 _PREFIX_MULTIPLE = 8  # shared prefixes are rounded down to this many tokens
 _DECODE_PHASES = 4  # at most this many decode while loops, each over a longer cache
 _PHASE_MIN_STEPS = 32  # and at least this many steps in each
-_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,10 +341,9 @@ def _generate(graphdef: nnx.GraphDef, params: Any, rest: Any, prompt_tokens: Arr
     causal = jnp.tril(jnp.ones((1, n, n), bool))
     _, prefix = decode_lib.forward(model, layers, prompt_tokens[:1, :n], positions[:1, :n],
                                    causal, [decode_lib.empty_cache(c, 1, n)] * c.num_layers, 0)
-    rows = lambda a: jnp.concatenate(
-        [jnp.broadcast_to(a, (u, *a.shape[1:])), decode_lib.empty_cache(c, u, p - n)[0]],
-        axis=2)
-    caches = [(rows(k), rows(v)) for k, v in prefix]
+    rows = lambda a: jnp.broadcast_to(a, (u, *a.shape[1:]))
+    caches = [decode_lib.concat_slots((rows(k), rows(v)), decode_lib.empty_cache(c, u, p - n))
+              for k, v in prefix]
   query_slots = n + jnp.arange(p - n)
   mask = (jnp.arange(p)[None, :] <= query_slots[:, None])[None] & prompt_mask[:, None, :]
   hidden, prompt_caches = decode_lib.forward(model, layers, prompt_tokens[:, n:],
@@ -397,7 +394,7 @@ def _generate(graphdef: nnx.GraphDef, params: Any, rest: Any, prompt_tokens: Arr
   def body(state):
     t = state["t"]
     slot = p + t - 1  # cache slot of response token t - 1, fed now
-    size = state["caches"][0][0].shape[2]
+    size = decode_lib.cache_slots(state["caches"][0])
     slots = jnp.arange(size)
     valid = jnp.pad(prompt_mask, ((0, 0), (0, size - p))) | ((slots >= p) & (slots <= slot))[None]
     hidden, caches = decode_lib.forward(
@@ -414,10 +411,7 @@ def _generate(graphdef: nnx.GraphDef, params: Any, rest: Any, prompt_tokens: Arr
   phases = max(1, min(_DECODE_PHASES, t_max // _PHASE_MIN_STEPS))
   for j in range(phases):
     t_end = 1 + -(-(t_max - 1) * (j + 1) // phases)
-    grow = lambda a, t_end=t_end: sharding.constrain(
-        jnp.pad(a, ((0, 0), (0, 0), (0, p + t_end - 1 - a.shape[2]), (0, 0))),
-        decode_lib.CACHE_AXES)
-    state["caches"] = [(grow(k), grow(v)) for k, v in state["caches"]]
+    state["caches"] = [decode_lib.pad_cache(cache, p + t_end - 1) for cache in state["caches"]]
     state = jax.lax.while_loop(
         lambda state, t_end=t_end: (state["t"] < t_end) & ~jnp.all(state["done"]), body, state)
   return {name: state[name] for name in ("tokens", "logp", "mask", "finish")}
@@ -478,10 +472,8 @@ def _jitted_generate(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh | None) -> 
   if mesh is not None:
     out_shardings = {name: sharding.batch_sharding(mesh, ndim) for name, ndim in
                      (("tokens", 2), ("logp", 2), ("mask", 2), ("finish", 1))}
-  platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
   return jax.jit(functools.partial(_generate, graphdef), static_argnames=("cfg",),
-                 out_shardings=out_shardings,
-                 compiler_options=_CPU_COMPILER_OPTIONS if platform == "cpu" else None)
+                 out_shardings=out_shardings)
 
 
 # ---------------------------------------------------------------------------
