@@ -77,6 +77,41 @@ def test_decode_path_prefill_then_steps_equals_full_forward(tied):
                              np.where(real, model.logits(full), 0), atol=1e-5)
 
 
+def test_cache_helpers_join_and_grow_the_slots_a_prefill_continues_on():
+  """concat_slots (a prefix's cache, then empty slots) and pad_cache (grown at the end)
+  keep each slot on its axis (keys [B, K, Dh, S], values [B, K, S, Dh]): a prefill
+  continued at slot 4 of the joined, grown cache gives the full forward's hidden states."""
+  model = _perturbed_model(_CFG)
+  tokens, mask = _batch()
+  b, t = tokens.shape
+  positions = decoder_lib.positions_from_mask(mask)
+  full = model(tokens, positions, mask)
+  real_slots = jnp.pad(mask, ((0, 0), (0, 3)))  # [B, t + 3]: the grown cache's empty slots
+  causal = lambda start, n, size: (
+      (jnp.arange(size)[None, :] <= start + jnp.arange(n)[:, None])[None]
+      & real_slots[:, None, :size])
+
+  @nnx.jit
+  def run(model, tokens, positions, mask, caches, cache_index):
+    layers, _ = decode_lib.decode_weights(model)
+    return decode_lib.forward(model, layers, tokens, positions, mask, caches, cache_index)
+
+  empty = decode_lib.empty_cache(_CFG, b, 4)
+  _, prefix = run(model, tokens[:, :4], positions[:, :4], causal(0, 4, 4),
+                  [empty] * _CFG.num_layers, 0)
+  joined = [decode_lib.concat_slots(c, decode_lib.empty_cache(_CFG, b, t - 4)) for c in prefix]
+  grown = [decode_lib.pad_cache(c, t + 3) for c in joined]
+  assert [decode_lib.cache_slots(c) for c in (empty, joined[0], grown[0])] == [4, t, t + 3]
+  for (k4, v4), (k, v) in zip(prefix, grown):
+    np.testing.assert_array_equal(k[..., :4], k4)
+    np.testing.assert_array_equal(v[:, :, :4], v4)
+    assert not np.any(k[..., 4:]) and not np.any(v[:, :, 4:])
+  hidden, _ = run(model, tokens[:, 4:], positions[:, 4:], causal(4, t - 4, t + 3), grown, 4)
+  real = np.asarray(mask)[:, 4:, None]
+  np.testing.assert_allclose(np.where(real, hidden, 0), np.where(real, full[:, 4:], 0),
+                             atol=1e-5)
+
+
 def test_left_padding_does_not_change_real_tokens():
   """A row's outputs depend only on its real tokens, not on pad count."""
   model = decoder_lib.create_model(_CFG)
