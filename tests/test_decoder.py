@@ -77,10 +77,10 @@ def test_decode_path_prefill_then_steps_equals_full_forward(tied):
                              np.where(real, model.logits(full), 0), atol=1e-5)
 
 
-def test_cache_helpers_join_and_grow_the_slots_a_prefill_continues_on():
-  """concat_slots (a prefix's cache, then empty slots) and pad_cache (grown at the end)
-  keep each slot on its axis (keys [B, K, Dh, S], values [B, K, S, Dh]): a prefill
-  continued at slot 4 of the joined, grown cache gives the full forward's hidden states."""
+def test_cache_helpers_grow_the_slots_a_prefill_continues_on():
+  """pad_cache (a prefix's cache grown to the batch's slots, then grown again at the end)
+  keeps each slot on its axis (keys [B, K, Dh, S], values [B, K, S, Dh]): a prefill
+  continued at slot 4 of the grown cache gives the full forward's hidden states."""
   model = _perturbed_model(_CFG)
   tokens, mask = _batch()
   b, t = tokens.shape
@@ -99,7 +99,7 @@ def test_cache_helpers_join_and_grow_the_slots_a_prefill_continues_on():
   empty = decode_lib.empty_cache(_CFG, b, 4)
   _, prefix = run(model, tokens[:, :4], positions[:, :4], causal(0, 4, 4),
                   [empty] * _CFG.num_layers, 0)
-  joined = [decode_lib.concat_slots(c, decode_lib.empty_cache(_CFG, b, t - 4)) for c in prefix]
+  joined = [decode_lib.pad_cache(c, t) for c in prefix]
   grown = [decode_lib.pad_cache(c, t + 3) for c in joined]
   assert [decode_lib.cache_slots(c) for c in (empty, joined[0], grown[0])] == [4, t, t + 3]
   for (k4, v4), (k, v) in zip(prefix, grown):

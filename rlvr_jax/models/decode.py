@@ -133,11 +133,6 @@ def pad_cache(cache: LayerCache, slots: int) -> LayerCache:
           sharding.constrain(pad(values, _VALUE_SLOT_AXIS), VALUE_AXES))
 
 
-def concat_slots(first: LayerCache, second: LayerCache) -> LayerCache:
-  """Two caches of the same rows side by side: `first`'s slots, then `second`'s."""
-  return (jnp.concatenate([first[0], second[0]], axis=_KEY_SLOT_AXIS),
-          jnp.concatenate([first[1], second[1]], axis=_VALUE_SLOT_AXIS))
-
 
 def attend(q: Array, keys: Array, values: Array, mask: Array) -> Array:
   """Grouped-query attention of q over a layer's cache (`decoder.attend`'s arithmetic).

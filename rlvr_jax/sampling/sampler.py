@@ -342,8 +342,7 @@ def _generate(graphdef: nnx.GraphDef, params: Any, rest: Any, prompt_tokens: Arr
     _, prefix = decode_lib.forward(model, layers, prompt_tokens[:1, :n], positions[:1, :n],
                                    causal, [decode_lib.empty_cache(c, 1, n)] * c.num_layers, 0)
     rows = lambda a: jnp.broadcast_to(a, (u, *a.shape[1:]))
-    caches = [decode_lib.concat_slots((rows(k), rows(v)), decode_lib.empty_cache(c, u, p - n))
-              for k, v in prefix]
+    caches = [decode_lib.pad_cache((rows(k), rows(v)), p) for k, v in prefix]
   query_slots = n + jnp.arange(p - n)
   mask = (jnp.arange(p)[None, :] <= query_slots[:, None])[None] & prompt_mask[:, None, :]
   hidden, prompt_caches = decode_lib.forward(model, layers, prompt_tokens[:, n:],
