@@ -8,13 +8,15 @@ float32, `rl.micro_batches` = 2, AdamW. The same jitted `step.update_step`
 runs it unshared (every row computes its whole sequence, the sampler's rows
 as they are), with each group's prompt computed once, and with the prefix
 every prompt begins with (after `shared_prompt.align_prefix`) computed once
-too; the three calls are interleaved in one process, best of --repeats each,
-and their losses agree to float noise.
+too, and with the responses packed as well (each computed only up to its last
+token, `train.pack_responses`); the four calls are interleaved in one process,
+best of --repeats each, and their losses agree to float noise.
 
   python -m benchmarks.update_step          # table, then one JSON line
 
 The JSON line holds `shared_s` (groups and batch prefix shared), `unshared_s`,
-`ratio` = unshared_s / shared_s, the sharing found, and the 1-minute load
+`ratio` = unshared_s / shared_s, `packed_s` and `packed_ratio` = unshared_s /
+packed_s (the trainer's default), the sharing found, and the 1-minute load
 average at the end (the timings are wall-clock).
 """
 
@@ -89,8 +91,10 @@ def main() -> None:
       plain["tokens"], plain["input_mask"], prompt_len=p)
   full = shared_prompt.prompt_sharing(batch["tokens"], batch["input_mask"], prompt_len=p,
                                       group_size=c.rl.group_size)
+  packed = full._replace(packed=shared_prompt.pack_capacity(
+      batch["response_mask"], num_micro=c.rl.micro_batches, block=full.share, shards=1))
   variants = {"unshared": None, "groups shared": full._replace(prefix_len=0),
-              "groups + prefix shared": full}
+              "groups + prefix shared": full, "+ responses packed": packed}
   # Unshared runs the sampler's rows as they are (today's path); the shared
   # variants run them after `align_prefix` (the trainer's path).
   batches = {name: jax.device_put(plain if sharing is None else batch)
@@ -119,7 +123,8 @@ def main() -> None:
   for name, sharing in variants.items():
     positions = b * (s - 1) if sharing is None else shared_prompt.shared_tokens(
         batch_rows=b, prompt_len=p, seq_len=s, share=sharing.share,
-        prefix_len=sharing.prefix_len)
+        prefix_len=sharing.prefix_len,
+        packed_rows=sharing.packed // (s - p) * c.rl.micro_batches)
     print(f"{name:<24}{positions:>10}{best[name]:>9.3f}{np.median(times[name]):>10.3f}"
           f"{compile_s[name]:>9.1f}{best['unshared'] / best[name]:>9.2f}x"
           f"{losses[name]:>12.6f}")
@@ -130,6 +135,8 @@ def main() -> None:
       "unshared_s": round(best["unshared"], 4),
       "ratio": round(best["unshared"] / best["groups + prefix shared"], 3),
       "groups_only_s": round(best["groups shared"], 4),
+      "packed_s": round(best["+ responses packed"], 4),
+      "packed_ratio": round(best["unshared"] / best["+ responses packed"], 3),
       "share": full.share, "prefix_len": full.prefix_len, "load_avg_1m": round(load, 2)}))
 
 

@@ -73,7 +73,7 @@ def test_mixed_groups():
 
 def test_main_all_peers_prints_one_table_and_json(monkeypatch, capsys):
   rows = {"ours": {"framework": "rlvr_jax", "iteration_s": 10.0, "first_iteration_s": 30.0,
-                   "generation_s": 4.0},
+                   "generation_s": 4.0, "update_compiles": 2, "update_compile_s": 21.5},
           "trl": {"framework": "trl", "iteration_s": 25.0, "first_iteration_s": 26.0},
           "export": {"framework": "export"},
           "tunix": {"framework": "tunix", "iteration_s": 16.0, "first_iteration_s": 40.0,
@@ -96,6 +96,7 @@ def test_main_all_peers_prints_one_table_and_json(monkeypatch, capsys):
   assert [w for w, _ in calls] == ["ours", "trl", "export", "tunix"]
   assert all(p == rl_step.sys.executable for _, p in calls)
   assert [line.split()[0] for line in lines[1:4]] == ["rlvr_jax", "trl", "tunix"]
+  assert "compiled 2 packed sizes in 21.5 s" in lines[4]
   assert "6.60 without" in lines[5] and "exact-answer rewards in the timed steps: 3" in lines[5]
   assert json.loads(lines[-1]) == {"ours_s": 10.0, "trl_s": 25.0, "speedup": 2.5,
                                    "tunix_s": 16.0, "speedup_vs_tunix": 1.6}

@@ -95,7 +95,8 @@ def test_prompt_sharing_by_hand():
   # Row 3's slot 8 differs from row 2's: nothing shared within groups; slot 3
   # differs across rows: the batch prefix (3 slots) rounds down to 0.
   tokens[3, 8], tokens[0, 3] = 4, 6
-  assert shared_prompt.prompt_sharing(tokens, mask, prompt_len=p, group_size=2) == (1, 0)
+  assert shared_prompt.prompt_sharing(tokens, mask, prompt_len=p,
+                                      group_size=2) == shared_prompt.Sharing(1, 0)
   assert shared_prompt.prompt_sharing(tokens, mask, prompt_len=p, group_size=2,
                                       batch_prefix=False).prefix_len == 0
   with pytest.raises(ValueError, match="group_size=3"):
@@ -133,24 +134,95 @@ def test_split_micro_batches_keeps_blocks_whole():
     step_lib.split_micro_batches({"x": x}, 4, block=4)
 
 
-@pytest.mark.parametrize("arch,group_size,prefix", [
-    ("llama", 4, True), ("llama", 1, True), ("qwen2", 2, False), ("qwen3", 4, False),
-    ("qwen3", 2, True)])
-def test_shared_forward_and_gradient_equal_unshared(arch, group_size, prefix):
-  """Log-probs, entropies, hidden states and d(loss)/d(params) of both paths."""
+def test_pack_capacity_index_and_round_trip_by_hand():
+  # B = 8, T = 4, loss masks with a hole (row 1: tokens 0, 2 masked, 1 not):
+  # needed lengths 1 + last masked = [2, 3, 0, 4, 1, 4, 2, 0].
+  mask = np.zeros((8, 4), np.float32)
+  for row, masked in enumerate([[0, 1], [0, 2], [], [0, 1, 2, 3], [0], [3], [1], []]):
+    mask[row, masked] = 1.0
+  lengths = [2, 3, 0, 4, 1, 4, 2, 0]
+  np.testing.assert_array_equal(shared_prompt.response_lengths(mask), lengths)
+  np.testing.assert_array_equal(shared_prompt.response_lengths(jnp.asarray(mask)), lengths)
+  # One micro-batch, one shard: 16 needed of 32; quantum ceil(8 / 8) = 1 row of T.
+  assert shared_prompt.pack_capacity(mask, num_micro=1, block=1, shards=1) == 16
+  # M = 2 in blocks of 2: micro 0 = rows 0 1 4 5 (10 needed), micro 1 = rows
+  # 2 3 6 7 (6) -> 10 -> 12 (3 rows of T). With 2 shards, micro 0's shards
+  # are rows 0 1 (5) and 4 5 (5), micro 1's rows 2 3 (4) and 6 7 (2) -> 8.
+  assert shared_prompt.pack_capacity(mask, num_micro=2, block=2, shards=1) == 12
+  # A compiled size one step (1 row) above is reused; two steps above is not.
+  for compiled, want in (({16}, 16), ({12, 16}, 12), ({20}, 12), ({8}, 12)):
+    assert shared_prompt.pack_capacity(mask, num_micro=2, block=2, shards=1,
+                                       compiled=compiled) == want
+  assert shared_prompt.pack_capacity(mask, num_micro=2, block=2, shards=2) == 8
+  # Two mini-batches of groups of 2 (groups 0, 2 = rows 0 1 4 5), one micro: 10 -> 12.
+  assert shared_prompt.pack_capacity(mask, num_micro=1, block=2, shards=1, num_mini=2,
+                                     group_size=2) == 12
+  assert shared_prompt.pack_capacity(np.zeros((8, 4)), num_micro=1, block=1, shards=1) == 4
+  # Shard 0 = rows 0..3 (flat positions 0..15): needed 0 1 | 4 5 6 | - | 12 13 14 15.
+  index = shared_prompt.pack_index(jnp.asarray(mask), capacity=12, shards=2)
+  np.testing.assert_array_equal(index[0].ravel(), [0, 1, 4, 5, 6, 12, 13, 14, 15, 16, 16, 16])
+  np.testing.assert_array_equal(index[1].ravel(), [0, 4, 5, 6, 7, 8, 9, 16, 16, 16, 16, 16])
+  x = jnp.arange(8 * 4 * 2, dtype=jnp.float32).reshape(8, 4, 2) + 1
+  packed = shared_prompt.pack(x, index)
+  assert packed.shape == (6, 4, 2)
+  np.testing.assert_array_equal(packed[0, :, 0], [1, 3, 9, 11])  # x[0, 0], x[0, 1], x[1, 0..1]
+  np.testing.assert_array_equal(packed[2, 1:, :], 0)  # past the end: filled with 0
+  keep = (np.arange(4)[None] < np.array(lengths)[:, None])[..., None]
+  np.testing.assert_array_equal(shared_prompt.unpack(packed, index, 8, 4), np.where(keep, x, 0))
+  # Positions run: prefix 4 + 4 blocks x (10 - 1 - 4) + 3 packed rows x T = 4.
+  count = dict(batch_rows=8, prompt_len=10, seq_len=14, share=2, prefix_len=4)
+  assert shared_prompt.shared_tokens(**count) == 4 + 20 + 32
+  assert shared_prompt.shared_tokens(**count, packed_rows=3) == 4 + 20 + 12
+
+
+def _needed(batch):
+  """[B, T] bool: positions up to each row's last loss-masked token."""
+  lengths = shared_prompt.response_lengths(batch["response_mask"])
+  return np.arange(_T)[None] < lengths[:, None]
+
+
+def _with_holes(batch, rows=(0, 3, 5)):
+  """The batch with the first response token of `rows` out of the loss (SCRL-like spans)."""
+  batch = dict(batch)
+  batch["response_mask"] = batch["response_mask"].copy()
+  for row in rows:
+    if row < len(batch["tokens"]) and batch["response_mask"][row].sum() > 1:
+      batch["response_mask"][row, 0] = 0.0
+  batch["advantages"] = batch["advantages"] * batch["response_mask"]
+  return batch
+
+
+@pytest.mark.parametrize("arch,group_size,prefix,packed", [
+    ("llama", 4, True, False), ("llama", 1, True, False), ("qwen2", 2, False, False),
+    ("qwen3", 4, False, False), ("qwen3", 2, True, False), ("llama", 4, True, True),
+    ("qwen2", 1, False, True), ("qwen3", 2, True, True)])
+def test_shared_forward_and_gradient_equal_unshared(arch, group_size, prefix, packed):
+  """Log-probs, entropies, hidden states and d(loss)/d(params) of both paths.
+
+  Packed: the loss mask has holes, and the statistics match up to each row's
+  last masked token and are 0 after it.
+  """
   batch = _batch(groups=3, group_size=group_size, prefix=prefix, seed=group_size)
   sharing = shared_prompt.prompt_sharing(batch["tokens"], batch["input_mask"], prompt_len=_P,
                                          group_size=group_size)
-  assert sharing == (group_size, _N if prefix else 0)
+  assert sharing == shared_prompt.Sharing(group_size, _N if prefix else 0)
+  needed = np.ones((len(batch["tokens"]), _T), bool)
+  if packed:
+    batch = _with_holes(batch)
+    sharing = sharing._replace(packed=shared_prompt.pack_capacity(
+        batch["response_mask"], num_micro=1, block=group_size, shards=1))
+    needed = _needed(batch)
+    assert sharing.packed < needed.size
   model = decoder_lib.create_model(_ARCHS[arch], seed=1)
   graphdef, params, rest = step_lib.split_model(model)
   tokens, mask = jnp.asarray(batch["tokens"]), jnp.asarray(batch["input_mask"])
   weights = jnp.asarray(batch["advantages"])
+  response_mask = jnp.asarray(batch["response_mask"])
 
   def stats(p, share):
     return logprobs_lib.response_logprobs(
         nnx.merge(graphdef, p, rest), tokens, mask, prompt_len=_P, with_entropy=True,
-        with_hidden=True, sharing=share)
+        with_hidden=True, sharing=share, response_mask=response_mask)
 
   def loss(p, share):
     return jnp.sum(stats(p, share).logp * weights)
@@ -159,9 +231,21 @@ def test_shared_forward_and_gradient_equal_unshared(arch, group_size, prefix):
   grad = jax.jit(jax.grad(loss), static_argnums=1)
   want, got = stats(params, None), stats(params, sharing)
   for name in ("logp", "entropy", "hidden"):
-    _assert_close(getattr(got, name), getattr(want, name))
+    keep = needed if name != "hidden" else needed[..., None]
+    got_x, want_x = np.asarray(getattr(got, name)), np.asarray(getattr(want, name))
+    _assert_close(np.where(keep, got_x, 0), np.where(keep, want_x, 0))
+    np.testing.assert_array_equal(np.where(keep, 0, got_x), 0)
   grads_want, grads_got = grad(params, None), grad(params, sharing)
   jax.tree.map(_assert_close, grads_got, grads_want)
+
+
+def test_packing_needs_the_response_mask():
+  batch = _batch(groups=2, group_size=2, prefix=False)
+  model = decoder_lib.create_model(_ARCHS["llama"], seed=1)
+  with pytest.raises(ValueError, match="response_mask"):
+    logprobs_lib.response_logprobs(model, jnp.asarray(batch["tokens"]),
+                                   jnp.asarray(batch["input_mask"]), prompt_len=_P,
+                                   sharing=shared_prompt.Sharing(2, 0, _T))
 
 
 def _update(arch, batch, *, sharing, optimizer, num_micro=2, remat="none", mesh=None):
@@ -183,18 +267,27 @@ def _update(arch, batch, *, sharing, optimizer, num_micro=2, remat="none", mesh=
   return params, new_params, metrics
 
 
-@pytest.mark.parametrize("arch,group_size,prefix,remat,num_micro", [
-    ("llama", 4, True, "none", 2), ("qwen2", 2, True, "full", 2),
-    ("qwen3", 1, False, "dots", 1), ("llama", 2, False, "dots", 2)])
-def test_update_step_equals_unshared(arch, group_size, prefix, remat, num_micro):
+@pytest.mark.parametrize("arch,group_size,prefix,remat,num_micro,packed", [
+    ("llama", 4, True, "none", 2, False), ("qwen2", 2, True, "full", 2, False),
+    ("qwen3", 1, False, "dots", 1, False), ("llama", 2, False, "dots", 2, False),
+    ("llama", 4, True, "none", 2, True), ("qwen2", 2, True, "full", 2, True),
+    ("qwen3", 1, False, "dots", 1, True)])
+def test_update_step_equals_unshared(arch, group_size, prefix, remat, num_micro, packed):
   """Loss and gradient (SGD: the update is -lr grad) and one AdamW step.
 
   The SGD learning rate of 1e3 makes the update as large as the parameters
   (gradients ~1e-5), so float32 resolves `new - old` to 1e-7 of itself.
+  Packed: the loss mask has holes; each micro-batch computes its own rows'
+  needed positions.
   """
   batch = _batch(groups=4, group_size=group_size, prefix=prefix, seed=7)
   sharing = shared_prompt.prompt_sharing(batch["tokens"], batch["input_mask"], prompt_len=_P,
                                          group_size=group_size)
+  if packed:
+    batch = _with_holes(batch)
+    sharing = sharing._replace(packed=shared_prompt.pack_capacity(
+        batch["response_mask"], num_micro=num_micro, block=sharing.share, shards=1))
+    assert sharing.packed < len(batch["tokens"]) // num_micro * _T
   sgd = optax.sgd(1e3)
   for optimizer in (sgd, optax.adamw(1e-3, eps=1e-6, weight_decay=0.1)):
     results = [_update(arch, batch, sharing=s, optimizer=optimizer, remat=remat,
@@ -213,11 +306,16 @@ def test_update_step_equals_unshared(arch, group_size, prefix, remat, num_micro)
     jax.tree.map(lambda g, w: _assert_close(g, w, scale=scale), got, want)
 
 
-def test_eight_devices_equal_one_device_unshared():
-  """fsdp = 4, tensor = 2, shared prompts, 2 micro-batches vs 1 device unshared."""
+@pytest.mark.parametrize("packed", [False, True])
+def test_eight_devices_equal_one_device_unshared(packed):
+  """fsdp = 4, tensor = 2, shared prompts (and packed), 2 micro-batches vs 1 device unshared."""
   batch = _batch(groups=4, group_size=4, prefix=True, seed=11)
   sharing = shared_prompt.prompt_sharing(batch["tokens"], batch["input_mask"], prompt_len=_P,
                                          group_size=4)
+  if packed:  # each of the 4 batch shards packs its own 2 rows of each micro-batch
+    batch = _with_holes(batch)
+    sharing = sharing._replace(packed=shared_prompt.pack_capacity(
+        batch["response_mask"], num_micro=2, block=4, shards=4))
   mesh = sharding.make_mesh(data=1, fsdp=4, tensor=2)
   optimizer = optax.sgd(1e3)  # see test_update_step_equals_unshared
   old, want, want_metrics = _update("qwen3", batch, sharing=None, optimizer=optimizer)
@@ -241,12 +339,14 @@ def _oracle_logp_entropy(model, batch):
   return logp, entropy, np.asarray(hidden, np.float64)
 
 
-@pytest.mark.parametrize("mesh_shape", [None, (1, 4, 2)])
-def test_rollout_stats_with_delta_equal_unshared_and_oracle(mesh_shape):
+@pytest.mark.parametrize("mesh_shape,packed", [(None, False), ((1, 4, 2), False),
+                                                (None, True), ((1, 4, 2), True)])
+def test_rollout_stats_with_delta_equal_unshared_and_oracle(mesh_shape, packed):
   """Old log-probs, entropies and DelTA's c~ and A c~ from one jitted stats pass.
 
   Today's path runs the sampler's plainly left-padded rows; the shared one
-  the same rows after `align_prefix`, groups and batch prefix shared.
+  the same rows after `align_prefix`, groups and batch prefix shared, and
+  (packed) only each row's needed positions computed.
   """
   batch = _batch(groups=4, group_size=4, prefix=True, seed=5, aligned=False)
   aligned = dict(batch)
@@ -254,7 +354,10 @@ def test_rollout_stats_with_delta_equal_unshared_and_oracle(mesh_shape):
       batch["tokens"], batch["input_mask"], prompt_len=_P)
   sharing = shared_prompt.prompt_sharing(aligned["tokens"], aligned["input_mask"],
                                          prompt_len=_P, group_size=4)
-  assert sharing == (4, _N)
+  assert sharing == shared_prompt.Sharing(4, _N)
+  if packed:
+    sharing = sharing._replace(packed=shared_prompt.pack_capacity(
+        batch["response_mask"], num_micro=2, block=4, shards=1 if mesh_shape is None else 4))
   model = decoder_lib.create_model(_ARCHS["qwen2"], seed=2)
   oracle_logp, oracle_entropy, oracle_hidden = _oracle_logp_entropy(model, batch)
   mesh = None if mesh_shape is None else sharding.make_mesh(*mesh_shape)
@@ -280,10 +383,10 @@ def test_rollout_stats_with_delta_equal_unshared_and_oracle(mesh_shape):
     _assert_close(np.where(m, out["old_logp"], 0), np.where(m, oracle_logp, 0), rtol=1e-4)
     _assert_close(np.where(m, out["entropy"], 0), np.where(m, oracle_entropy, 0), rtol=1e-4)
   for key in ("old_logp", "entropy", "delta_coef", "advantages"):
-    _assert_close(got[key], want[key])
+    _assert_close(np.where(m, got[key], 0), np.where(m, want[key], 0))
   coef, metrics = delta_reference(oracle_hidden, np.exp(oracle_logp), batch["advantages"],
                                   batch["response_mask"], k=1)
-  _assert_close(got["delta_coef"], coef, rtol=1e-4)
+  _assert_close(np.where(m, got["delta_coef"], 0), np.where(m, coef, 0), rtol=1e-4)
   _assert_close(got["advantages"], batch["advantages"] * coef, rtol=1e-4)
   for key, value in metrics.items():
     np.testing.assert_allclose(got["delta_metrics"][key], value, rtol=1e-4, atol=1e-6)
@@ -294,7 +397,7 @@ def _train_tiny(workdir, shared):
   c.rl.steps = 1
   c.data.eval_size = 8
   c.train.eval_before = c.train.eval_after = c.train.tensorboard = False
-  c.train.shared_prompt = shared
+  c.train.shared_prompt = c.train.pack_responses = shared
   # Adam's epsilon well above the gradients' float noise: with the default
   # 1e-8 an element whose gradient is ~0 moves by about lr * sign(noise), and
   # the two paths' summation orders may flip that sign; with 1e-4 such an
@@ -310,6 +413,8 @@ def _train_tiny(workdir, shared):
 
 def test_trainer_shared_prompt_equals_unshared(tmp_path):
   """One tiny-config step (2 mini-batches x 2 micro-batches) gives the same params.
+
+  Shared = prompts shared and responses packed; unshared = neither.
 
   The trainer keeps one state: its model object holds only shapes (the
   sampler and the optimizer ran from the trainer's params).

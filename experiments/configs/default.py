@@ -178,6 +178,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # different prompts fall back to smaller blocks or to every row computing
   # its prompt). Micro-batches then hold whole groups. False = every row.
   c.train.shared_prompt = True
+  # Both passes compute each row's response only up to its last loss-masked
+  # token: the positions after it (the padding after EOS) are packed away
+  # from the projections, MLP and LM head (exact; statistics there are 0).
+  # The packed size is rounded up to 1/8 of a micro-batch's rows, so a run
+  # compiles at most 8 shapes of each pass. False = every position.
+  c.train.pack_responses = True
   c.train.delta_report_steps = ()  # Steps that save a DelTA histogram/report.
 
   # -- Reward channels and the reward-side methods (METHODS 6, issue 16). --

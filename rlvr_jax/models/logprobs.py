@@ -136,7 +136,8 @@ def response_logprobs(model: Decoder, tokens: Array, input_mask: Array, *,
                       chunk_size: int | None = None, with_entropy: bool = False,
                       with_hidden: bool = False,
                       with_self_certainty: bool = False,
-                      sharing: shared_prompt.Sharing | None = None) -> TokenStats:
+                      sharing: shared_prompt.Sharing | None = None,
+                      response_mask: Array | None = None) -> TokenStats:
   """Teacher-forced statistics of the response part of [prompt; response] rows.
 
   Sequence index P - 1 + t predicts response token t (docs/CONVENTIONS.md).
@@ -152,18 +153,22 @@ def response_logprobs(model: Decoder, tokens: Array, input_mask: Array, *,
     with_entropy: also return per-token entropies.
     with_hidden: also return the final hidden states [B, T, D].
     with_self_certainty: also return per-token self-certainty [B, T].
-    sharing: (share, prefix_len) from `shared_prompt.prompt_sharing` for
-      this batch: each block of `share` rows computes its prompt once and the
-      batch-wide prefix once (`shared_prompt.shared_hidden`); None = every
-      row computes its whole sequence.
+    sharing: (share, prefix_len, packed) from `shared_prompt.prompt_sharing`
+      (and `pack_capacity`) for this batch: each block of `share` rows
+      computes its prompt once and the batch-wide prefix once
+      (`shared_prompt.shared_hidden`); with packed > 0 only the needed
+      response positions run; None = every row computes its whole sequence.
+    response_mask: [B, T] loss mask, required when sharing.packed > 0: the
+      statistics are computed up to each row's last masked token
+      (`shared_prompt.response_lengths`) and are 0 after it.
 
   Returns:
     TokenStats with logp [B, T] (and entropy [B, T], hidden [B, T, D],
     self_certainty [B, T]).
 
   Raises:
-    ValueError: mismatched shapes, prompt_len outside (0, S), or (for
-      concrete tokens) a token id outside [0, V).
+    ValueError: mismatched shapes, prompt_len outside (0, S), packing without
+      a response_mask, or (for concrete tokens) a token id outside [0, V).
   """
   if tokens.shape != input_mask.shape:
     raise ValueError(
@@ -173,17 +178,30 @@ def response_logprobs(model: Decoder, tokens: Array, input_mask: Array, *,
   if not isinstance(tokens, jax.core.Tracer) and (
       not isinstance(tokens, jax.Array) or tokens.is_fully_addressable):
     check_token_ids(tokens, vocab_size=model.config.vocab_size)
+  index = None
   if sharing is None:
     positions = positions_from_mask(input_mask)
     hidden = model(tokens[:, :-1], positions[:, :-1], input_mask[:, :-1])
     hidden = hidden[:, prompt_len - 1:]
   else:
+    if sharing.packed:
+      if response_mask is None:
+        raise ValueError(f"{sharing} packs responses: response_mask [B, T] is required.")
+      index = shared_prompt.pack_index(response_mask, capacity=sharing.packed,
+                                       shards=shared_prompt.pack_shards(len(tokens)))
     hidden = shared_prompt.shared_hidden(
         model, tokens, input_mask, prompt_len=prompt_len, share=sharing.share,
-        prefix_len=sharing.prefix_len)
+        prefix_len=sharing.prefix_len, index=index)
+  targets = tokens[:, prompt_len:]
+  if index is not None:
+    targets = shared_prompt.pack(targets, index)
   out = logprobs_from_hidden(
-      model, hidden, tokens[:, prompt_len:], temperature=temperature,
+      model, hidden, targets, temperature=temperature,
       chunk_size=chunk_size, with_entropy=with_entropy,
       with_self_certainty=with_self_certainty)
-  return TokenStats(out[0], out[1], hidden if with_hidden else None,
-                    out[2] if with_self_certainty else None)
+  stats = TokenStats(out[0], out[1], hidden if with_hidden else None,
+                     out[2] if with_self_certainty else None)
+  if index is None:
+    return stats
+  b, t = response_mask.shape
+  return jax.tree.map(lambda x: shared_prompt.unpack(x, index, b, t), stats)

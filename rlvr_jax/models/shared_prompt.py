@@ -22,10 +22,21 @@ sum over the rows it was repeated to, by construction of `jnp.repeat`.
 `prompt_sharing` finds, on the host, the block size and the batch-wide prefix
 for which this is exact; `align_prefix` first moves the batch-wide prefix of
 plainly left-padded rows (the sampler's output) into the first slots.
+
+Packed responses (`Sharing.packed` > 0). A row's statistics are needed only
+up to its last loss-masked token, and the positions after it (the padding
+after EOS, a third of rl_step's [32, 64] responses) are never attended by a
+needed one (causal). So the response segment's per-token work (projections,
+MLP, LM head) runs on the needed positions alone, packed into rows of T,
+[S N / T, T] (S batch shards, N = `packed` positions per shard, from
+`pack_capacity` on the host); only attention scatters its queries, keys and
+values back into the padded [B, T] layout and gathers its output. Outputs at
+unneeded positions are 0.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import NamedTuple
 
 from flax import nnx
@@ -39,20 +50,24 @@ from rlvr_jax.models import decoder as decoder_lib
 Array = jax.Array
 
 PREFIX_MULTIPLE = 8  # batch-wide prefixes are rounded down to this many tokens
+PACK_BUCKETS = 8  # packed capacities are multiples of 1/8 of the padded positions
 
 
 class Sharing(NamedTuple):
-  """How a batch's prompts are shared (static arguments of the jitted steps).
+  """How a batch's prompts are shared and its responses packed (static arguments).
 
   Attributes:
     share: rows per block of contiguous rows with the same prompt (divides
       the group size G; 1 = nothing shared within groups).
     prefix_len: n, the leading prompt slots identical and real in every row
       of the batch (a multiple of PREFIX_MULTIPLE; 0 = none).
+    packed: N, response positions computed per batch shard of each
+      micro-batch (`pack_capacity`); 0 = every position of [B, T].
   """
 
   share: int
   prefix_len: int
+  packed: int = 0
 
 
 def prompt_sharing(tokens: np.ndarray, input_mask: np.ndarray, *, prompt_len: int,
@@ -146,12 +161,119 @@ def align_prefix(tokens: np.ndarray, input_mask: np.ndarray, *, prompt_len: int
   return tokens, input_mask
 
 
+def response_lengths(response_mask: Array) -> Array:
+  """[B, T] loss mask -> [B] int32: 1 + the last masked position (0 for none).
+
+  The positions a row's statistics are needed at: t < length (an earlier
+  unmasked token, e.g. before SCRL's answer span, is still a needed key).
+  Works on NumPy (host) and jax (traced) arrays alike.
+  """
+  xp = np if isinstance(response_mask, np.ndarray) else jnp
+  t = response_mask.shape[1]
+  return xp.max(xp.where(response_mask > 0, xp.arange(1, t + 1), 0), axis=1).astype(xp.int32)
+
+
+def pack_capacity(response_mask: np.ndarray, *, num_micro: int, block: int, shards: int,
+                  num_mini: int = 1, group_size: int = 1,
+                  compiled: Collection[int] = ()) -> int:
+  """`Sharing.packed` for a host batch: enough positions for every micro-batch shard.
+
+  Follows the device split exactly: mini-batch k = groups k, k + num_mini, ...
+  (`loop._split_minis`), micro-batch m of it = blocks m, m + M, ...
+  (`step.split_micro_batches`), and shard d of a micro-batch = its d-th
+  contiguous 1/S of rows. The most needed positions over all of them is
+  rounded up to whole rows of T, ceil(rows / PACK_BUCKETS) rows at a time (at
+  most PACK_BUCKETS shapes, so at most that many compilations); a size in
+  `compiled` one such step above that is taken instead (a batch needing a
+  little less than the last one reuses its program, not a new compilation).
+
+  Args:
+    response_mask: [B, T] loss mask.
+    num_micro: M micro-batches per mini-batch.
+    block: rows per block kept whole in a micro-batch (`Sharing.share`).
+    shards: batch shards of the mesh (data x fsdp); S = `pack_shards` of it.
+    num_mini: mini-batches the batch is cut into.
+    group_size: rows per group kept whole in a mini-batch.
+    compiled: the sizes this pass already ran with.
+
+  Returns:
+    N, a multiple of T in [T, rows per shard x T].
+  """
+  lengths = response_lengths(np.asarray(response_mask))
+  b, t = np.shape(response_mask)
+  minis = lengths.reshape(-1, num_mini, group_size).swapaxes(0, 1).reshape(num_mini, -1)
+  shards = pack_shards(b // (num_mini * num_micro), shards)
+  rows = b // (num_mini * num_micro * shards)
+  micro = minis.reshape(num_mini, -1, num_micro, block).swapaxes(1, 2)
+  need = int(micro.reshape(num_mini, num_micro, shards, rows).sum(-1).max())
+  quantum = t * -(-rows // PACK_BUCKETS)
+  size = min(rows * t, max(1, -(-need // quantum)) * quantum)
+  return size if size in compiled or size + quantum not in compiled else size + quantum
+
+
+def pack_index(response_mask: Array, *, capacity: int, shards: int) -> Array:
+  """[B, T] loss mask -> [S, N / T, T] int32: each shard's needed positions, packed.
+
+  Entry [d, r, l] is the (r T + l)-th needed position (row-major,
+  `response_lengths`) of shard d's rows, as a flat index into its [B / S x T]
+  positions; the unused tail holds B / S x T (out of range: scatters drop it,
+  gathers fill 0). Packed arrays are rows of T positions, [S N / T, T, ...],
+  so that the per-token work keeps B-like leading dimensions.
+  """
+  b, t = response_mask.shape
+  keep = jnp.arange(t)[None] < response_lengths(response_mask)[:, None]
+  keep = sharding.constrain(keep.reshape(shards, b // shards * t), ("batch", None))
+  size = b // shards * t
+  index = jax.vmap(lambda k: jnp.nonzero(k, size=capacity, fill_value=size)[0])(keep)
+  return index.reshape(shards, capacity // t, t)
+
+
+def pack(x: Array, index: Array) -> Array:
+  """[B, T, ...] -> [S R, L, ...]: the positions `index` ([S, R, L]) names, 0 past the end."""
+  s, r, length = index.shape
+  flat = x.reshape((s, x.shape[0] // s * x.shape[1]) + x.shape[2:])
+  out = jax.vmap(lambda f, i: f.at[i].get(mode="fill", fill_value=0))(
+      flat, index.reshape(s, r * length))
+  return out.reshape((s * r, length) + x.shape[2:])
+
+
+def unpack(x: Array, index: Array, rows: int, length: int) -> Array:
+  """[S R, L, ...] -> [B, T, ...] (B = rows, T = length): `pack`'s inverse, 0 elsewhere."""
+  s = index.shape[0]
+  flat = jnp.zeros((s, rows // s * length) + x.shape[2:], x.dtype)
+  flat = jax.vmap(lambda f, i, v: f.at[i].set(v, mode="drop"))(
+      flat, index.reshape(s, -1), x.reshape((s, -1) + x.shape[2:]))
+  return flat.reshape((rows, length) + x.shape[2:])
+
+
+def pack_shards(rows: int, shards: int | None = None) -> int:
+  """S for a micro-batch of `rows`: the mesh's batch shards if they divide it, else 1.
+
+  Args:
+    rows: rows of the micro-batch.
+    shards: batch shards (data x fsdp); None = those of the current mesh (1
+      without one), as seen inside jit.
+  """
+  if shards is None:
+    mesh = jax.sharding.get_abstract_mesh()
+    shards = 1
+    if not mesh.empty and set(sharding.BATCH_AXES) <= set(mesh.axis_names):
+      shards = int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES]))
+  return shards if rows % shards == 0 else 1
+
+
 class _Segment(NamedTuple):
-  """One segment's rows: input x [R, L, D], positions [R, L], key mask [R, L]."""
+  """One segment: input x [R, L, D], positions [R, L], key mask [R, L].
+
+  A packed segment (`index` [S, N / T, T]) holds x [S N / T, T, D] and
+  positions [S N / T, T]; its key mask stays [R, L], the padded layout its
+  attention runs in.
+  """
 
   x: Array
   positions: Array
   key_mask: Array
+  index: Array | None = None
 
 
 def _layer(block: decoder_lib.Block, xs: tuple[Array, ...], segments: tuple[_Segment, ...],
@@ -160,23 +282,28 @@ def _layer(block: decoder_lib.Block, xs: tuple[Array, ...], segments: tuple[_Seg
 
   Args:
     block: the layer's Block.
-    xs: per segment j, its input [R_j, L_j, D].
-    segments: positions and key masks per segment.
+    xs: per segment j, its input [R_j, L_j, D] (packed rows when packed).
+    segments: positions, key masks and packing per segment.
     masks: per segment j, [R_j, L_j, L_0 + ... + L_j] bool attention mask.
 
   Returns:
-    Per segment, the block's output [R_j, L_j, D].
+    Per segment, the block's output, shaped as its input.
   """
   keys, values, outs = [], [], []
   for j, (x, seg) in enumerate(zip(xs, segments)):
     q, k, v = block.attn.qkv(block.attn_norm(x), seg.positions)
+    if seg.index is not None:
+      q, k, v = (unpack(a, seg.index, *seg.key_mask.shape) for a in (q, k, v))
     keys.append(k)
     values.append(v)
-    rows = x.shape[0]
+    rows = q.shape[0]
     k_all = jnp.concatenate([jnp.repeat(kk, rows // kk.shape[0], axis=0) for kk in keys], axis=1)
     v_all = jnp.concatenate([jnp.repeat(vv, rows // vv.shape[0], axis=0) for vv in values],
                             axis=1)
-    x = x + block.attn.o(decoder_lib.attend(q, k_all, v_all, masks[j]))
+    out = decoder_lib.attend(q, k_all, v_all, masks[j])
+    if seg.index is not None:
+      out = pack(out, seg.index)
+    x = x + block.attn.o(out)
     x = x + block.mlp(block.mlp_norm(x))
     outs.append(sharding.constrain(x, ("batch", None, None)))
   return tuple(outs)
@@ -184,13 +311,15 @@ def _layer(block: decoder_lib.Block, xs: tuple[Array, ...], segments: tuple[_Seg
 
 def shared_hidden(model: decoder_lib.Decoder, tokens: Array, input_mask: Array, *,
                   prompt_len: int, share: int, prefix_len: int = 0,
-                  scan_unroll: int = 1) -> Array:
+                  index: Array | None = None, scan_unroll: int = 1) -> Array:
   """Final-norm hidden states [B, T, D] at sequence indices P - 1 .. S - 2, prompts shared.
 
   Equals `model(tokens[:, :-1], positions, input_mask[:, :-1])[:, P - 1:]`
   (positions from the mask) whenever `prompt_sharing` gave (share,
   prefix_len) for this batch: each block of `share` rows runs its prompt's
   first P - 1 - n slots once, and the first n slots run once for the batch.
+  With `index` (`pack_index`), only the response positions it names run,
+  packed, and the result is `pack` of the above.
 
   Args:
     model: the decoder.
@@ -199,10 +328,12 @@ def shared_hidden(model: decoder_lib.Decoder, tokens: Array, input_mask: Array, 
     prompt_len: P (static).
     share: rows per block sharing a prompt (static, divides B).
     prefix_len: n, slots [0, n) shared by every row (static, < P).
+    index: [S, N / T, T] packed response positions (`pack_index`), or None.
     scan_unroll: unroll factor of the scan over layers.
 
   Returns:
-    [B, T, D] hidden states in the compute dtype (T = S - P).
+    [B, T, D] hidden states in the compute dtype (T = S - P); the packed
+    rows [S N / T, T, D] with `index`.
 
   Raises:
     ValueError: share does not divide B, or prefix_len outside [0, P).
@@ -221,10 +352,13 @@ def shared_hidden(model: decoder_lib.Decoder, tokens: Array, input_mask: Array, 
            (slice(None), slice(p - 1, s - 1))]
   spans = [span for span in spans if span[1].stop > span[1].start]
   segments = []
-  for rows, cols in spans:
-    x = model.embed(tokens[rows, cols]).astype(dtype)
-    segments.append(_Segment(sharding.constrain(x, ("batch", None, None)),
-                             positions[rows, cols], input_mask[rows, cols]))
+  for j, (rows, cols) in enumerate(spans):
+    ids, pos, seg_index = tokens[rows, cols], positions[rows, cols], None
+    if index is not None and j == len(spans) - 1:
+      ids, pos, seg_index = pack(ids, index), pack(pos, index), index
+    x = model.embed(ids).astype(dtype)
+    segments.append(_Segment(sharding.constrain(x, ("batch", None, None)), pos,
+                             input_mask[rows, cols], seg_index))
   masks = []
   for j, seg in enumerate(segments):
     r, length = seg.key_mask.shape
@@ -250,8 +384,12 @@ def shared_hidden(model: decoder_lib.Decoder, tokens: Array, input_mask: Array, 
 
 
 def shared_tokens(*, batch_rows: int, prompt_len: int, seq_len: int, share: int,
-                  prefix_len: int) -> int:
-  """Token positions one shared forward runs: n + (B / share)(P - 1 - n) + B (S - P)."""
-  return (prefix_len + batch_rows // share * (prompt_len - 1 - prefix_len)
-          + batch_rows * (seq_len - prompt_len))
+                  prefix_len: int, packed_rows: int = 0) -> int:
+  """Token positions one shared forward runs: n + (B / share)(P - 1 - n) + B (S - P).
 
+  With packed responses, `packed_rows` x T response positions replace B x T
+  (T = S - P; per micro-batch and shard, `Sharing.packed` / T rows).
+  """
+  t = seq_len - prompt_len
+  return (prefix_len + batch_rows // share * (prompt_len - 1 - prefix_len)
+          + (packed_rows or batch_rows) * t)

@@ -19,7 +19,9 @@ explicitly; the model object holds no weights once the state is built (the
 update donates the params' buffers). With `train.shared_prompt`, each batch's
 prompt sharing is found on the host (`shared_prompt.prompt_sharing`, after
 `align_prefix` moves the prefix every prompt begins with to the first slots)
-and both jitted passes compute each group's prompt once.
+and both jitted passes compute each group's prompt once. With
+`train.pack_responses` they compute each row's response only up to its last
+loss-masked token, packed (`shared_prompt.pack_capacity` sizes it per batch).
 """
 
 from __future__ import annotations
@@ -205,6 +207,8 @@ class Trainer:
         self.graphdef, prompt_len=self.prompt_len, num_micro=c.rl.micro_batches,
         loss_config=self.loss_config, with_hidden=c.algo.advantage == "distil",
         with_self_certainty=c.reward.label_free)
+    # The packed response sizes each pass has compiled (`_sharing`).
+    self._packed_sizes = {"stats": set(), "update": set()}
     num_mini, group = c.rl.mini_batches, c.rl.group_size
     # Mini-batch k: groups k, k + N, ... (N mini-batches), cut on device.
     self.split_minis = jax.jit(lambda batch: _split_minis(batch, num_mini, group))
@@ -353,6 +357,8 @@ class Trainer:
       metrics["rollout/groups_updated"] = float(valid.sum() // c.rl.group_size)
     t0 = time.perf_counter()
     stats_sharing, update_sharing = self._sharing(batch)
+    if update_sharing is not None and update_sharing.packed:
+      metrics["train/packed_positions"] = float(update_sharing.packed)
     with sharding.use_mesh(self.mesh):
       gbatch = _global(self.mesh, batch)
       if self.needs_stats:
@@ -395,34 +401,44 @@ class Trainer:
 
   def _sharing(self, batch: dict[str, np.ndarray]
                ) -> tuple[shared_prompt.Sharing | None, shared_prompt.Sharing | None]:
-    """The prompt sharing of the statistics pass and of the update (None = unshared).
+    """The sharing and packing of the statistics pass and of the update (None = neither).
 
-    Aligns the batch-wide prefix in `batch` (in place: tokens, input_mask),
-    then takes the largest block of rows sharing a prompt that keeps whole
-    blocks in every micro-batch (of the whole batch for the statistics pass,
-    of a mini-batch for the update).
+    With `train.shared_prompt`, aligns the batch-wide prefix in `batch` (in
+    place: tokens, input_mask), then takes the largest block of rows sharing
+    a prompt that keeps whole blocks in every micro-batch (of the whole batch
+    for the statistics pass, of a mini-batch for the update). With
+    `train.pack_responses`, the packed capacity covers every micro-batch's
+    shard of that split (`shared_prompt.pack_capacity`).
     """
     c = self.config
-    if not c.train.shared_prompt:
-      return None, None
-    batch["tokens"], batch["input_mask"] = shared_prompt.align_prefix(
-        batch["tokens"], batch["input_mask"], prompt_len=self.prompt_len)
-    found = shared_prompt.prompt_sharing(
-        batch["tokens"], batch["input_mask"], prompt_len=self.prompt_len,
-        group_size=c.rl.group_size)
+    found = shared_prompt.Sharing(1, 0)
+    if c.train.shared_prompt:
+      batch["tokens"], batch["input_mask"] = shared_prompt.align_prefix(
+          batch["tokens"], batch["input_mask"], prompt_len=self.prompt_len)
+      found = shared_prompt.prompt_sharing(
+          batch["tokens"], batch["input_mask"], prompt_len=self.prompt_len,
+          group_size=c.rl.group_size)
+    shards = int(np.prod([self.mesh.shape[a] for a in sharding.BATCH_AXES]))
 
-    def fit(rows: int) -> shared_prompt.Sharing | None:
+    def fit(rows: int, num_mini: int, used: set[int]) -> shared_prompt.Sharing | None:
       share = found.share
       while rows % (share * c.rl.micro_batches):
         share -= 1
         while found.share % share:
           share -= 1
-      if share == 1 and found.prefix_len == 0:
+      packed = 0
+      if c.train.pack_responses:
+        packed = shared_prompt.pack_capacity(
+            batch["response_mask"], num_micro=c.rl.micro_batches, block=share, shards=shards,
+            num_mini=num_mini, group_size=c.rl.group_size, compiled=used)
+        used.add(packed)
+      if share == 1 and found.prefix_len == 0 and not packed:
         return None
-      return found._replace(share=share)
+      return shared_prompt.Sharing(share, found.prefix_len, packed)
 
     rows = len(batch["tokens"])
-    return fit(rows), fit(rows // c.rl.mini_batches)
+    return (fit(rows, 1, self._packed_sizes["stats"]),
+            fit(rows // c.rl.mini_batches, c.rl.mini_batches, self._packed_sizes["update"]))
 
   def _delta_class_metrics(self, coef: jax.Array, gbatch: dict[str, jax.Array]
                            ) -> dict[str, float]:

@@ -20,7 +20,10 @@ each block of `share` contiguous rows with the same prompt computes it once
 (`shared_prompt.shared_hidden`). Micro-batches then hold whole blocks,
 strided over blocks: micro-batch m holds blocks m, m + M, ...; every device
 keeps its share of every micro-batch when its rows hold a multiple of M
-blocks (B / (devices x share) divisible by M), else XLA moves rows.
+blocks (B / (devices x share) divisible by M), else XLA moves rows. With
+`sharing.packed`, each micro-batch's response positions after the last
+loss-masked token are not computed (`shared_prompt`, packed responses): the
+returned statistics are 0 there.
 """
 
 from __future__ import annotations
@@ -178,8 +181,9 @@ def rollout_stats(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
   Args:
     graphdef, params, rest: the split policy model (nnx.split(model,
       nnx.Param, ...)).
-    batch: `tokens` [B, S] and `input_mask` [B, S]; with `delta` also
-      `advantages` [B, T] and `response_mask` [B, T].
+    batch: `tokens` [B, S] and `input_mask` [B, S]; with `delta` or packed
+      responses (`sharing.packed`) also `response_mask` [B, T], with `delta`
+      `advantages` [B, T].
     prompt_len: P.
     num_micro: micro-batches M to bound memory.
     loss_config: for the temperature and LM-head chunk.
@@ -197,8 +201,8 @@ def rollout_stats(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
      'delta_metrics' (flat dict of scalars)}.
   """
   block = _block(sharing)
-  micro = split_micro_batches({k: batch[k] for k in ("tokens", "input_mask")}, num_micro,
-                              block)
+  keys = ("tokens", "input_mask") + (("response_mask",) if sharing and sharing.packed else ())
+  micro = split_micro_batches({k: batch[k] for k in keys}, num_micro, block)
   keep_hidden = with_hidden or delta is not None
 
   def stats(p, mb, hidden, entropy, certainty=False):
@@ -207,7 +211,7 @@ def rollout_stats(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
         model, mb["tokens"], mb["input_mask"], prompt_len=prompt_len,
         temperature=loss_config.temperature, chunk_size=loss_config.logprob_chunk,
         with_entropy=entropy, with_hidden=hidden, with_self_certainty=certainty,
-        sharing=sharing)
+        sharing=sharing, response_mask=mb.get("response_mask"))
 
   def one(mb):
     out = stats(params, mb, keep_hidden, True, with_self_certainty)
@@ -278,7 +282,7 @@ def update_step(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
     out = logprobs_lib.response_logprobs(
         model, mb["tokens"], mb["input_mask"], prompt_len=prompt_len,
         temperature=c.temperature, chunk_size=c.logprob_chunk, with_entropy=True,
-        with_hidden="topk_ids" in mb, sharing=sharing)
+        with_hidden="topk_ids" in mb, sharing=sharing, response_mask=mb["response_mask"])
     m = mb["response_mask"].astype(jnp.float32)
     pg_loss_fn = None
     if "kl_cov_selection" in mb:
