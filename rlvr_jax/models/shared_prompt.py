@@ -50,7 +50,7 @@ from rlvr_jax.models import decoder as decoder_lib
 Array = jax.Array
 
 PREFIX_MULTIPLE = 8  # batch-wide prefixes are rounded down to this many tokens
-PACK_BUCKETS = 8  # packed capacities are multiples of 1/8 of the padded positions
+PACK_BUCKETS = 8  # packed sizes step by ceil(rows / 8) rows of T: at most 8 shapes
 
 
 class Sharing(NamedTuple):
