@@ -144,6 +144,16 @@ def state_shardings(state: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
   return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def batch_shards(mesh: Mesh | jax.sharding.AbstractMesh | None) -> int:
+  """How many ways `mesh` shards the batch: data x fsdp (1 without a mesh or those axes)."""
+  if mesh is None or mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+    return 1
+  shards = 1
+  for axis in BATCH_AXES:
+    shards *= mesh.shape[axis]
+  return shards
+
+
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   """Sharding of a batch array [B, ...]: B over (data, fsdp)."""
   active = tuple(a for a in BATCH_AXES if mesh.shape[a] > 1)

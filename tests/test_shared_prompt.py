@@ -169,6 +169,14 @@ def test_pack_capacity_index_and_round_trip_by_hand():
   np.testing.assert_array_equal(packed[2, 1:, :], 0)  # past the end: filled with 0
   keep = (np.arange(4)[None] < np.array(lengths)[:, None])[..., None]
   np.testing.assert_array_equal(shared_prompt.unpack(packed, index, 8, 4), np.where(keep, x, 0))
+  # Batch shards: data x fsdp of the mesh, 1 without one; packing uses them
+  # only where they divide the micro-batch's rows.
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+  assert sharding.batch_shards(mesh) == 4 and sharding.batch_shards(None) == 1
+  assert shared_prompt.pack_shards(8) == 1  # no mesh in context
+  with sharding.use_mesh(mesh):
+    assert shared_prompt.pack_shards(8) == 4 and shared_prompt.pack_shards(6) == 1
+  assert shared_prompt.pack_shards(6, 2) == 2
   # Positions run: prefix 4 + 4 blocks x (10 - 1 - 4) + 3 packed rows x T = 4.
   count = dict(batch_rows=8, prompt_len=10, seq_len=14, share=2, prefix_len=4)
   assert shared_prompt.shared_tokens(**count) == 4 + 20 + 32

@@ -255,10 +255,7 @@ def pack_shards(rows: int, shards: int | None = None) -> int:
       without one), as seen inside jit.
   """
   if shards is None:
-    mesh = jax.sharding.get_abstract_mesh()
-    shards = 1
-    if not mesh.empty and set(sharding.BATCH_AXES) <= set(mesh.axis_names):
-      shards = int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES]))
+    shards = sharding.batch_shards(jax.sharding.get_abstract_mesh())
   return shards if rows % shards == 0 else 1
 
 

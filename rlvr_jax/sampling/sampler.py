@@ -646,9 +646,7 @@ class Sampler:
     if self.prompt_bucket is not None:
       longest = max(len(r) for r in rows)
       p = min(p, -(-longest // self.prompt_bucket) * self.prompt_bucket)
-    shards = 1
-    if self.mesh is not None:
-      shards = int(np.prod([self.mesh.shape[a] for a in sharding.BATCH_AXES]))
+    shards = sharding.batch_shards(self.mesh)
     b_padded = -(-b // shards) * shards
     index = {}  # distinct prompt -> its prefill row
     source = np.zeros((b_padded,), np.int32)

@@ -418,7 +418,7 @@ class Trainer:
       found = shared_prompt.prompt_sharing(
           batch["tokens"], batch["input_mask"], prompt_len=self.prompt_len,
           group_size=c.rl.group_size)
-    shards = int(np.prod([self.mesh.shape[a] for a in sharding.BATCH_AXES]))
+    shards = sharding.batch_shards(self.mesh)
 
     def fit(rows: int, num_mini: int, used: set[int]) -> shared_prompt.Sharing | None:
       share = found.share

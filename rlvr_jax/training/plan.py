@@ -318,7 +318,7 @@ def build_programs(config: ml_collections.ConfigDict, model: config_lib.ModelCon
   c = config
   config_checks.validate(c)
   mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, devices=devices)
-  shards = int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES]))
+  shards = sharding.batch_shards(mesh)
   p, t = c.rl.max_prompt_len, c.rl.max_new_tokens
   s = p + t
   rows = c.rl.prompts_per_batch * c.rl.group_size
